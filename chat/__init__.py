@@ -1,0 +1,1 @@
+"""saltchat client side: the sans-I/O protocol core and the chat client."""

@@ -1,0 +1,1 @@
+"""saltchat-relay: forwards opaque frames between the members of rooms."""
