@@ -777,9 +777,13 @@ class Session:
         sending = channel.sending
         age = now - sending.started
         exhausted = sending.send_counter >= REJECT_AFTER_MESSAGES
-        if (age >= REJECT_AFTER_SECONDS or exhausted) and self._candidate is None:
-            self._candidate = self._new_handshake()
-            self._send_hello(self._candidate, None)
+
+        # Too old or used up: only a fresh handshake helps (section 9.4).
+        if age >= REJECT_AFTER_SECONDS or exhausted:
+            if self._candidate is None:
+                self._candidate = self._new_handshake()
+                self._send_hello(self._candidate, None)
+            return
         if sending.send_counter >= REKEY_AFTER_MESSAGES or age >= REKEY_AFTER_SECONDS:
             self._start_rekey()
 
