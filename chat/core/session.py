@@ -433,12 +433,13 @@ class Session:
             self._send_hello(handshake, hello.ephemeral)
         self._outbox.append(handshake.auth(self._identity))
         self._teach("shared-secret", dh=pairing.shared_hash, role=str(pairing.role))
-        self._teach(
-            "keys",
-            transcript=pairing.th.hex(),
-            k_auth_own=short_hash(pairing.k_auth_own.reveal()),
-            k_auth_peer=short_hash(pairing.k_auth_peer.reveal()),
-        )
+        if self._observer is not None and pairing.secrets is not None:
+            self._teach(
+                "keys",
+                transcript=pairing.th.hex(),
+                k_auth_own=short_hash(pairing.secrets.k_auth_own.reveal()),
+                k_auth_peer=short_hash(pairing.secrets.k_auth_peer.reveal()),
+            )
         self._teach("auth", identity=self._identity.public.fingerprint())
 
     def _check_hello(self, frame: object) -> Hello:

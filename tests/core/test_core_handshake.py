@@ -169,9 +169,10 @@ def test_auth_with_a_bad_signature_is_fatal() -> None:
     handshake = bob._live
     assert handshake is not None and handshake.pairing is not None
     pairing = handshake.pairing
+    assert pairing.secrets is not None
     bad = BOB.public.key + bytes(64)
     box = nacl.bindings.crypto_secretbox_easy(
-        bad, auth_nonce(pairing.role), pairing.k_auth_own.reveal()
+        bad, auth_nonce(pairing.role), pairing.secrets.k_auth_own.reveal()
     )
     with pytest.raises(HandshakeFailed, match="signature"):
         alice.receive(b"\x01\x02" + box, 0)
