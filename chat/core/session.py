@@ -239,7 +239,7 @@ class Session:
         self._recent: deque[bytes] = deque(maxlen=RECENT_HELLOS)
         self._recent_frames: deque[bytes] = deque(maxlen=RECENT_HELLOS)
         self._rekey: _Rekey | None = None
-        self._peer_rekey: tuple[int, bytes] | None = None
+        self._peer_rekeys: dict[int, bytes] = {}
         self._outbox: list[bytes] = []
         self.safety_number: str | None = None
         self.stats = SessionStats()
@@ -643,7 +643,7 @@ class Session:
         events: list[Event] = []
         if handshake is self._candidate:
             self._live, self._candidate = handshake, None
-            self._rekey, self._peer_rekey = None, None
+            self._rekey, self._peer_rekeys = None, {}
             events.append(PeerRestarted())
         self.safety_number = safety_number(self._identity.public, handshake.peer)
         self._teach("established", safety_number=self.safety_number)
@@ -723,7 +723,10 @@ class Session:
 
     def _check_rekey(self, channel: Channel, epoch: int, rekey: Rekey) -> None:
         """Refuse a contradictory REKEY before anything changes (R6; fatal)."""
-        if self._is_duplicate_rekey(rekey):
+        agreed = self._peer_rekeys.get(rekey.new_epoch)
+        if agreed is not None and agreed != rekey.public:
+            raise MalformedFrame("a second, different REKEY for one epoch", fatal=True)
+        if agreed is not None:
             return
         if rekey.new_epoch != channel.send_epoch + 1 or epoch != channel.send_epoch:
             raise MalformedFrame(
@@ -736,19 +739,10 @@ class Session:
         ours = self._rekey
         if ours is not None and rekey.public == ours.public:
             raise MalformedFrame("REKEY carries our own key", fatal=True)
-        if ours is not None and ours.installed is not None:
-            raise MalformedFrame("a second, different REKEY for one epoch", fatal=True)
-
-    def _is_duplicate_rekey(self, rekey: Rekey) -> bool:
-        # Retransmissions repeat the same key: a no-op (section 9.2).
-        current = (rekey.new_epoch, rekey.public)
-        ours = self._rekey
-        if ours is not None and ours.installed is not None:
-            return current == (ours.new_epoch, ours.installed)
-        return self._peer_rekey == current
 
     def _accept_rekey(self, channel: Channel, epoch: int, rekey: Rekey) -> None:
-        if self._is_duplicate_rekey(rekey):
+        # A retransmission repeats a key already taken in: a no-op (9.2).
+        if rekey.new_epoch in self._peer_rekeys:
             return
         if self._rekey is None:
             self._start_rekey()
@@ -767,9 +761,16 @@ class Session:
         )
         channel.install(rekey.new_epoch, root, self._now)
         ours.private, ours.installed = None, rekey.public
+        self._remember_peer_rekey(rekey)
         self._seal(channel, Confirm(), rekey.new_epoch)
         if self._observer is not None:
             self._teach("rekey", epoch=str(rekey.new_epoch), root=short_hash(root))
+
+    def _remember_peer_rekey(self, rekey: Rekey) -> None:
+        # The last two agreed keys suffice: older epochs are forgotten.
+        self._peer_rekeys[rekey.new_epoch] = rekey.public
+        for old in sorted(self._peer_rekeys)[:-2]:
+            del self._peer_rekeys[old]
 
     def _maybe_switch(self, channel: Channel, epoch: int) -> list[Event]:
         # An authenticated record of epoch n+1: the peer has switched, so do we.
@@ -778,7 +779,6 @@ class Session:
         ours = self._rekey
         assert ours is not None and ours.installed is not None
         channel.switch(self._now)
-        self._peer_rekey = (ours.new_epoch, ours.installed)
         self._rekey = None
         self.stats.rekeys += 1
         return [Rekeyed(channel.send_epoch)]

@@ -221,3 +221,20 @@ def test_old_epoch_refuses_to_send_and_a_handshake_starts() -> None:
     events_a, _ = pump(alice, bob, REJECT_AFTER_SECONDS)
     assert isinstance(events_a[-1], Established)
     alice.send_text("fresh keys", REJECT_AFTER_SECONDS)
+
+
+def test_late_copy_of_an_earlier_rekey_is_harmless() -> None:
+    alice, bob = established()
+    alice.rekey(1)
+    for frame in alice.frames_to_send():
+        bob.receive(frame, 1)
+    alice.tick(1 + REKEY_RETRANSMIT_SECONDS)
+    late = alice.frames_to_send()[0]
+    pump(alice, bob, 7)
+    alice.rekey(8)
+    for frame in alice.frames_to_send():
+        bob.receive(frame, 8)
+
+    # Bob holds epoch 2; the retransmitted REKEY(1) from epoch 0 arrives late.
+    assert bob.receive(late, 9) == []
+    assert bob.state is SessionState.ESTABLISHED
