@@ -48,6 +48,7 @@ from chat.core.frames import (
     encode_payload,
     frame_kind,
     is_canonical_point,
+    pad,
     parse_hello,
     parse_payload,
 )
@@ -692,6 +693,7 @@ class Session:
                 epoch=str(int.from_bytes(frame[2:6], "big")),
                 counter=str(int.from_bytes(frame[6:14], "big")),
                 plaintext=plaintext.hex(),
+                padded=pad(plaintext).hex(),
                 padded_size=str(len(frame) - 30),
                 nonce=record_nonce(
                     int.from_bytes(frame[2:6], "big"),
