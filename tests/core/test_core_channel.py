@@ -341,3 +341,11 @@ def test_use_after_close_is_refused() -> None:
         alice.send_text("gone", 1)
     with pytest.raises(SessionClosed):
         alice.receive(b"\x01\x03", 1)
+
+
+def test_close_by_the_responder_reaches_the_initiator() -> None:
+    alice, bob = established()
+    bob.close(3)
+    events_a, _ = pump(alice, bob, 1)
+    assert events_a == [PeerClosed(3)]
+    assert alice.state is SessionState.CLOSED

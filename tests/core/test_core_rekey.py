@@ -238,3 +238,10 @@ def test_late_copy_of_an_earlier_rekey_is_harmless() -> None:
     # Bob holds epoch 2; the retransmitted REKEY(1) from epoch 0 arrives late.
     assert bob.receive(late, 9) == []
     assert bob.state is SessionState.ESTABLISHED
+
+
+def test_rekey_started_by_the_responder() -> None:
+    alice, bob = established()
+    bob.rekey(1)
+    events_a, events_b = pump(alice, bob, 1)
+    assert events_a == [Rekeyed(1)] and events_b == [Rekeyed(1)]
