@@ -26,8 +26,11 @@ STAMP = VENV / ".saltchat-installed"
 
 def ensure_venv(extras: str) -> None:
     """Create the virtual environment and install the project with `extras`."""
-    if sys.version_info < (3, 11):
-        sys.exit("saltchat needs Python 3.11 or newer; this is " + sys.version.split()[0])
+    # This file is the first thing a new machine runs, possibly with an older
+    # Python than the project supports: say so instead of failing later.
+    if sys.version_info < (3, 11):  # noqa: UP036
+        found = sys.version.split()[0]
+        sys.exit(f"saltchat needs Python 3.11 or newer; this is {found}")
     if not (BIN / "python").exists():
         venv.EnvBuilder(with_pip=True).create(VENV)
     wanted = f"{extras or 'base'}:{(ROOT / 'pyproject.toml').stat().st_mtime_ns}"
