@@ -1,0 +1,178 @@
+"""The outbound side of a connection: a bounded queue and its writer task.
+
+Nothing on the forwarding path ever waits for a client to read. Frames for a
+connection go into its queue (a plain deque, bounded in frames and bytes);
+the connection's own writer task takes everything queued and writes it in
+one batch: one WebSocket frame per message, but one write to the socket for
+the whole batch. A consumer that cannot keep up fills its queue and is
+disconnected with close code 4000; the sender and the rest of the room are
+never slowed down (see protocol.md, "Envelope (relay protocol)", close codes).
+
+Batching is also why the relay can forward faster than a naive forwarder that
+awaits each send: under load, many frames share one system call.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections import deque
+from collections.abc import Callable, Sequence
+
+from websockets.asyncio.server import ServerConnection
+
+__all__ = ["BATCH_BYTES", "BatchingConnection", "Outbound"]
+
+BATCH_BYTES = 256 * 1024
+"""Most bytes written to the socket in one batch."""
+
+
+class BatchingConnection(ServerConnection):
+    """A server connection that writes a batch of messages in one write.
+
+    websockets writes each outgoing frame with its own ``transport.write``;
+    with an empty transport buffer each of those is a system call. Joining
+    the frames queued by one `send_batch` into one write keeps the framing
+    identical and makes one system call of the batch.
+    """
+
+    async def send_batch(self, messages: Sequence[bytes]) -> None:
+        """Send each of `messages` as one binary message, in one write.
+
+        Raises:
+            websockets.exceptions.ConnectionClosed: the connection is closed.
+        """
+        async with self.send_context():
+            for message in messages:
+                self.protocol.send_binary(message)
+
+    def send_data(self) -> None:
+        """Write all pending outgoing data at once (see the class docstring)."""
+        chunks = self.protocol.data_to_send()
+        data = [chunk for chunk in chunks if chunk]
+        if data:
+            self.transport.write(data[0] if len(data) == 1 else b"".join(data))
+
+        # An empty chunk asks for the end of the stream, as in websockets.
+        if len(data) < len(chunks):
+            if self.transport.can_write_eof():
+                try:
+                    self.transport.write_eof()
+                except (OSError, RuntimeError):
+                    self.transport.close()
+            else:
+                self.transport.close()
+
+
+class Outbound:
+    """Bounded queue of messages for one connection, drained by `run`.
+
+    Args:
+        connection: where the writer sends.
+        max_frames: most messages queued.
+        max_bytes: most bytes queued (including a batch being written).
+        on_overflow: called once when a message does not fit; the caller
+            then closes the connection as a slow consumer.
+        on_sent: called after each batch with (messages, bytes) sent.
+    """
+
+    __slots__ = (
+        "_bytes",
+        "_connection",
+        "_max_bytes",
+        "_max_frames",
+        "_messages",
+        "_on_overflow",
+        "_on_sent",
+        "_overflowed",
+        "_space",
+        "_wakeup",
+    )
+
+    def __init__(
+        self,
+        connection: BatchingConnection,
+        max_frames: int,
+        max_bytes: int,
+        on_overflow: Callable[[], None],
+        on_sent: Callable[[int, int], None],
+    ) -> None:
+        self._connection = connection
+        self._max_frames = max_frames
+        self._max_bytes = max_bytes
+        self._on_overflow = on_overflow
+        self._on_sent = on_sent
+        self._messages: deque[bytes] = deque()
+        self._bytes = 0
+        self._overflowed = False
+        self._wakeup: asyncio.Future[None] | None = None
+        self._space: asyncio.Future[None] | None = None
+
+    @property
+    def queued_bytes(self) -> int:
+        """Bytes queued and not yet written."""
+        return self._bytes
+
+    def put(self, message: bytes) -> bool:
+        """Queue `message` without waiting.
+
+        Returns:
+            False if the queue is full (the message is dropped and
+            `on_overflow` has been called) or overflowed before.
+        """
+        if self._overflowed:
+            return False
+        size = len(message)
+        if (
+            len(self._messages) >= self._max_frames
+            or self._bytes + size > self._max_bytes
+        ):
+            self._overflowed = True
+            self._on_overflow()
+            return False
+
+        self._messages.append(message)
+        self._bytes += size
+        wakeup = self._wakeup
+        if wakeup is not None and not wakeup.done():
+            wakeup.set_result(None)
+        return True
+
+    async def wait_for_space(self) -> None:
+        """Wait until at most half of the byte bound is queued.
+
+        Used to stream stored frames without filling the queue: a mailbox is
+        larger than an outbound queue.
+        """
+        while self._bytes > self._max_bytes // 2 and not self._overflowed:
+            self._space = asyncio.get_running_loop().create_future()
+            await self._space
+
+    async def run(self) -> None:
+        """Write queued messages until cancelled or the connection closes.
+
+        Raises:
+            websockets.exceptions.ConnectionClosed: the connection closed.
+        """
+        loop = asyncio.get_running_loop()
+        messages = self._messages
+        while True:
+            if not messages:
+                self._wakeup = loop.create_future()
+                await self._wakeup
+                self._wakeup = None
+                continue
+
+            # Take whatever is queued, up to a bounded batch.
+            batch = [messages.popleft()]
+            size = len(batch[0])
+            while messages and size < BATCH_BYTES:
+                message = messages.popleft()
+                batch.append(message)
+                size += len(message)
+
+            await self._connection.send_batch(batch)
+            self._bytes -= size
+            self._on_sent(len(batch), size)
+            space = self._space
+            if space is not None and not space.done():
+                space.set_result(None)
