@@ -258,6 +258,7 @@ class ChatClient:
         self._dirty = asyncio.Event()
         self._closing = asyncio.Event()
         self._connected_once = False
+        self._announced = False
         self.connection = "connecting"
         self.drained = asyncio.Event()
         self.drained.set()
@@ -265,8 +266,24 @@ class ChatClient:
 
     # ---------------------------------------------------------------- running
 
+    def _announce(self) -> None:
+        self._announced = True
+        fingerprint = self._identity.public.fingerprint()
+        self._emit(
+            ClientEvent(
+                "ready",
+                {"nick": self.nick, "fingerprint": fingerprint, **self.ready_info},
+            )
+        )
+
     async def run(self) -> None:
-        """Connect, and reconnect after every failure, until `close()`."""
+        """Connect, and reconnect after every failure, until `close()`.
+
+        When listening for a direct peer, `ready` is announced at once (it
+        carries the URL to connect to); otherwise at the first connection.
+        """
+        if "listening" in self.ready_info:
+            self._announce()
         delays = self._backoff()
         ticker = asyncio.create_task(self._ticker())
         try:
@@ -456,17 +473,11 @@ class ChatClient:
                 self._emit(ClientEvent("error", {"detail": f"{reason} ({who})"}))
 
     def _on_link_up(self, address: bytes, members: tuple[bytes, ...]) -> None:
-        fingerprint = self._identity.public.fingerprint()
-        if not self._connected_once:
-            self._connected_once = True
-            self._emit(
-                ClientEvent(
-                    "ready",
-                    {"nick": self.nick, "fingerprint": fingerprint, **self.ready_info},
-                )
-            )
-        else:
+        if self._connected_once:
             self._emit(ClientEvent("reconnected", {}))
+        elif not self._announced:
+            self._announce()
+        self._connected_once = True
         self.connection = "connected"
 
         # A new link means frames may have been lost in flight: rekey every

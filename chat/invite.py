@@ -120,10 +120,10 @@ def decode_invite(code: str) -> Invite:
     """
     if len(code) > _MAX_CODE_CHARS:
         raise InviteError("invite code is far too long; copy it again")
-    text = "".join(code.split()).upper()
+    text = "".join(code.split()).upper().translate(_TYPOS)
     if not text.startswith(_PREFIX.upper()):
         raise InviteError("an invite code starts with 'sc1-'; copy the whole code")
-    text = text[len(_PREFIX) :].replace("-", "").translate(_TYPOS)
+    text = text[len(_PREFIX) :].replace("-", "")
     if not text or any(char not in _CROCKFORD for char in text):
         bad = sorted({char for char in text if char not in _CROCKFORD})
         raise InviteError(f"invite code has characters it never uses: {''.join(bad)}")
