@@ -25,6 +25,7 @@ from chat.core.errors import (
     UnexpectedFrame,
     UnsupportedVersion,
 )
+from chat.core.frames import frame_kind
 from chat.core.identity import (
     Identity,
     PublicIdentity,
@@ -32,9 +33,24 @@ from chat.core.identity import (
     safety_number,
 )
 from chat.core.rooms import RoomKeys
+from chat.core.session import (
+    Established,
+    Event,
+    MessageReceived,
+    PeerClosed,
+    PeerRestarted,
+    ReceiptReceived,
+    Rekeyed,
+    Session,
+    SessionState,
+    SessionStats,
+)
+from chat.core.teaching import TeachingEvent, short_hash
 
 __all__ = [
     "CounterExhausted",
+    "Established",
+    "Event",
     "ForgedFrame",
     "FutureEpoch",
     "HandshakeFailed",
@@ -43,19 +59,30 @@ __all__ = [
     "KeyFileError",
     "LocalError",
     "MalformedFrame",
+    "MessageReceived",
     "MessageTooLarge",
     "NonceReuse",
     "NotEstablished",
+    "PeerClosed",
     "PeerError",
+    "PeerRestarted",
     "PublicIdentity",
+    "ReceiptReceived",
     "ReflectedFrame",
+    "Rekeyed",
     "ReplayedFrame",
     "RoomKeys",
     "SaltchatError",
+    "Session",
     "SessionClosed",
+    "SessionState",
+    "SessionStats",
     "StaleFrame",
+    "TeachingEvent",
     "UnexpectedFrame",
     "UnsupportedVersion",
     "fingerprint_matches",
+    "frame_kind",
     "safety_number",
+    "short_hash",
 ]

@@ -1,0 +1,271 @@
+"""Wire formats: HELLO, AUTH and RECORD frames, payloads, padding.
+
+Pure parsing and encoding, no keys (see protocol.md sections 5.1, 5.2, 7).
+Every parser checks sizes before it looks at anything else and raises only
+:class:`~chat.core.errors.PeerError` subclasses on hostile input.
+"""
+
+from __future__ import annotations
+
+import struct
+from dataclasses import dataclass
+
+from chat.core.errors import MalformedFrame, UnsupportedVersion
+from chat.core.limits import MAX_PADDED, MIN_PADDED
+
+__all__ = [
+    "AUTH_SIZE",
+    "HELLO_SIZE",
+    "PAYLOAD_VERSION",
+    "RECORD_HEADER_SIZE",
+    "RECORD_SIZES",
+    "TAG_SIZE",
+    "TYPE_AUTH",
+    "TYPE_HELLO",
+    "TYPE_RECORD",
+    "VERSION",
+    "Close",
+    "Confirm",
+    "Hello",
+    "Payload",
+    "Receipt",
+    "Record",
+    "Rekey",
+    "Text",
+    "encode_hello",
+    "encode_payload",
+    "encode_record_header",
+    "frame_kind",
+    "is_canonical_point",
+    "pad",
+    "padded_size",
+    "parse_auth",
+    "parse_hello",
+    "parse_payload",
+    "parse_record",
+    "unpad",
+]
+
+#: Protocol version, the first byte of every frame (section 5).
+VERSION = 0x01
+TYPE_HELLO = 0x01
+TYPE_AUTH = 0x02
+TYPE_RECORD = 0x03
+_KINDS = {TYPE_HELLO: "hello", TYPE_AUTH: "auth", TYPE_RECORD: "record"}
+
+TAG_SIZE = 16
+HELLO_SIZE = 2 + 32 + 32
+AUTH_SIZE = 2 + TAG_SIZE + 32 + 64
+RECORD_HEADER_SIZE = 2 + 4 + 8
+
+#: The only record sizes on the wire: one per padding bucket (section 7.3).
+RECORD_SIZES = frozenset(
+    RECORD_HEADER_SIZE + TAG_SIZE + (MIN_PADDED << i)
+    for i in range((MAX_PADDED // MIN_PADDED).bit_length())
+)
+
+#: Version of the payload inside a record (section 7.4).
+PAYLOAD_VERSION = 0x01
+PAYLOAD_CONFIRM = 0x01
+PAYLOAD_TEXT = 0x02
+PAYLOAD_RECEIPT = 0x03
+PAYLOAD_REKEY = 0x04
+PAYLOAD_CLOSE = 0x05
+
+_ZERO32 = bytes(32)
+_P25519 = 2**255 - 19
+_RECORD_HEADER = struct.Struct(">BBIQ")
+
+
+def _frame_type(frame: bytes) -> int:
+    """Check the version byte and return the type byte (section 5)."""
+    if len(frame) < 2:
+        raise MalformedFrame(f"frame of {len(frame)} bytes is too short")
+    if frame[0] != VERSION:
+        raise UnsupportedVersion(
+            f"frame version {frame[0]} is not supported (this side speaks {VERSION})"
+        )
+    if frame[1] not in _KINDS:
+        raise MalformedFrame(f"unknown frame type {frame[1]}")
+    return frame[1]
+
+
+def frame_kind(frame: bytes) -> str:
+    """Name a frame's kind ("hello", "auth" or "record") for logs and the demo.
+
+    Raises:
+        MalformedFrame: too short, unknown type, or the wrong size for its type.
+        UnsupportedVersion: a version other than 1.
+    """
+    kind = _frame_type(frame)
+    if kind == TYPE_HELLO and len(frame) != HELLO_SIZE:
+        raise MalformedFrame(f"HELLO is {HELLO_SIZE} bytes, not {len(frame)}")
+    if kind == TYPE_AUTH and len(frame) != AUTH_SIZE:
+        raise MalformedFrame(f"AUTH is {AUTH_SIZE} bytes, not {len(frame)}")
+    if kind == TYPE_RECORD and len(frame) not in RECORD_SIZES:
+        raise MalformedFrame(f"no record is {len(frame)} bytes long")
+    return _KINDS[kind]
+
+
+def is_canonical_point(point: bytes) -> bool:
+    """True for a canonical X25519 u-coordinate: bit 255 clear, u < 2^255-19."""
+    return int.from_bytes(point, "little") < _P25519
+
+
+@dataclass(frozen=True, slots=True)
+class Hello:
+    """A parsed HELLO: the sender's ephemeral and the one it answers."""
+
+    ephemeral: bytes
+    echo: bytes
+    frame: bytes
+
+    @property
+    def fresh(self) -> bool:
+        """True when the sender starts on its own (echo is all zero)."""
+        return self.echo == _ZERO32
+
+
+def encode_hello(ephemeral: bytes, echo: bytes = _ZERO32) -> bytes:
+    """HELLO = 0x01 || 0x01 || ephemeral[32] || echo[32] (section 5.1)."""
+    return bytes((VERSION, TYPE_HELLO)) + ephemeral + echo
+
+
+def parse_hello(frame: bytes) -> Hello:
+    """Parse a HELLO; the ephemeral must be a canonical point (section 5.1)."""
+    if frame_kind(frame) != "hello":
+        raise MalformedFrame("not a HELLO frame")
+    hello = Hello(frame[2:34], frame[34:66], frame)
+    if not is_canonical_point(hello.ephemeral):
+        raise MalformedFrame("HELLO ephemeral is not a canonical X25519 point")
+    return hello
+
+
+def parse_auth(frame: bytes) -> bytes:
+    """Return the sealed box of an AUTH frame (section 5.2)."""
+    if frame_kind(frame) != "auth":
+        raise MalformedFrame("not an AUTH frame")
+    return frame[2:]
+
+
+@dataclass(frozen=True, slots=True)
+class Record:
+    """A parsed RECORD: header fields and the sealed box (section 7.1)."""
+
+    epoch: int
+    counter: int
+    header: bytes
+    box: bytes
+
+
+def parse_record(frame: bytes) -> Record:
+    """Split a RECORD into header fields and box, checking its size first."""
+    if frame_kind(frame) != "record":
+        raise MalformedFrame("not a RECORD frame")
+    _, _, epoch, counter = _RECORD_HEADER.unpack_from(frame)
+    return Record(
+        epoch, counter, frame[:RECORD_HEADER_SIZE], frame[RECORD_HEADER_SIZE:]
+    )
+
+
+def encode_record_header(epoch: int, counter: int) -> bytes:
+    """Header = 0x01 || 0x03 || epoch u32 || counter u64 (section 7.1)."""
+    return _RECORD_HEADER.pack(VERSION, TYPE_RECORD, epoch, counter)
+
+
+def padded_size(length: int) -> int:
+    """Bucket for ``length`` plaintext bytes: max(256, 2^k >= length + 1)."""
+    return max(MIN_PADDED, 1 << length.bit_length())
+
+
+def pad(plaintext: bytes) -> bytes:
+    """plaintext || 0x80 || zeros, up to its bucket (section 7.3)."""
+    size = padded_size(len(plaintext))
+    if size > MAX_PADDED:
+        raise ValueError(f"{len(plaintext)} bytes do not fit in a record")
+    return plaintext + b"\x80" + bytes(size - len(plaintext) - 1)
+
+
+def unpad(padded: bytes) -> bytes:
+    """Remove 0x80 || zeros; the padding is authenticated, so no oracle."""
+    stripped = padded.rstrip(b"\x00")
+    if not stripped or stripped[-1] != 0x80:
+        raise MalformedFrame("record padding is malformed")
+    return stripped[:-1]
+
+
+@dataclass(frozen=True, slots=True)
+class Confirm:
+    """Key confirmation: the first record of a session or epoch."""
+
+
+@dataclass(frozen=True, slots=True)
+class Text:
+    """A chat message with its 16-byte id."""
+
+    message_id: bytes
+    text: str
+
+
+@dataclass(frozen=True, slots=True)
+class Receipt:
+    """Delivery receipt for a message id."""
+
+    message_id: bytes
+
+
+@dataclass(frozen=True, slots=True)
+class Rekey:
+    """Proposal of epoch ``new_epoch`` with the sender's fresh X25519 key."""
+
+    new_epoch: int
+    public: bytes
+
+
+@dataclass(frozen=True, slots=True)
+class Close:
+    """The peer closes the session."""
+
+    reason: int
+
+
+Payload = Confirm | Text | Receipt | Rekey | Close
+
+
+def encode_payload(payload: Payload) -> bytes:
+    """payload_version || payload_type || body (section 7.4)."""
+    if isinstance(payload, Confirm):
+        return bytes((PAYLOAD_VERSION, PAYLOAD_CONFIRM))
+    if isinstance(payload, Text):
+        head = bytes((PAYLOAD_VERSION, PAYLOAD_TEXT))
+        return head + payload.message_id + payload.text.encode("utf-8")
+    if isinstance(payload, Receipt):
+        return bytes((PAYLOAD_VERSION, PAYLOAD_RECEIPT)) + payload.message_id
+    if isinstance(payload, Rekey):
+        head = bytes((PAYLOAD_VERSION, PAYLOAD_REKEY))
+        return head + struct.pack(">I", payload.new_epoch) + payload.public
+    return bytes((PAYLOAD_VERSION, PAYLOAD_CLOSE, payload.reason))
+
+
+def parse_payload(plaintext: bytes) -> Payload:
+    """Parse an unpadded record plaintext; unknown versions are refused."""
+    if len(plaintext) < 2:
+        raise MalformedFrame("record payload is shorter than 2 bytes")
+    if plaintext[0] != PAYLOAD_VERSION:
+        raise UnsupportedVersion(f"payload version {plaintext[0]} is not supported")
+    kind, body = plaintext[1], plaintext[2:]
+
+    if kind == PAYLOAD_CONFIRM and not body:
+        return Confirm()
+    if kind == PAYLOAD_TEXT and len(body) > 16:
+        try:
+            return Text(body[:16], body[16:].decode("utf-8"))
+        except UnicodeDecodeError as exc:
+            raise MalformedFrame("TEXT is not valid UTF-8") from exc
+    if kind == PAYLOAD_RECEIPT and len(body) == 16:
+        return Receipt(body)
+    if kind == PAYLOAD_REKEY and len(body) == 36:
+        return Rekey(int.from_bytes(body[:4], "big"), body[4:])
+    if kind == PAYLOAD_CLOSE and len(body) == 1:
+        return Close(body[0])
+    raise MalformedFrame(f"payload type {kind} with a {len(body)}-byte body")
