@@ -230,7 +230,9 @@ class Cluster:
         self.relays.append(relay)
         return relay
 
-    async def client(self, name: str, *args: str, home: str | None = None) -> JsonClient:
+    async def client(
+        self, name: str, *args: str, home: str | None = None
+    ) -> JsonClient:
         """Start a JSON client with the home `tmp/<home or name>`."""
         client = await JsonClient.start(self.tmp / (home or name), name, *args)
         self.clients.append(client)

@@ -55,7 +55,9 @@ async def test_two_clients_chat_both_ways(cluster: Cluster) -> None:
     assert got["from"] == "alice"
     assert got["id"] == sent["id"]
     secure = alice.find("secure", peer="bob")[0]
-    assert secure["safety_number"] == bob.find("secure", peer="alice")[0]["safety_number"]
+    assert (
+        secure["safety_number"] == bob.find("secure", peer="alice")[0]["safety_number"]
+    )
     assert secure["verified"] is False
 
 
@@ -175,7 +177,10 @@ async def _meddler(relay_url: str) -> tuple[str, asyncio.AbstractServer]:
         message = envelope.decode_client(data)
         if isinstance(message, envelope.Send):
             message = envelope.Send(
-                message.room_id, message.recipient, message.send_id, swap(message.payload)
+                message.room_id,
+                message.recipient,
+                message.send_id,
+                swap(message.payload),
             )
         return envelope.encode(message)
 

@@ -11,8 +11,13 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from chat import cli
-from chat.client import ClientEvent, CommandError, backoff_delays, check_message_text
-from chat.client import sanitize_nick
+from chat.client import (
+    ClientEvent,
+    CommandError,
+    backoff_delays,
+    check_message_text,
+    sanitize_nick,
+)
 from chat.home import Home, resolve_home
 from chat.invite import Invite, InviteError, decode_invite, encode_invite
 from chat.limits import MAX_INPUT_LINE_BYTES, RECONNECT_CAP_SECONDS
@@ -36,7 +41,9 @@ def test_home_flag_wins_over_environment(tmp_path: Path) -> None:
 
 
 def test_home_from_saltchat_home_then_xdg() -> None:
-    assert resolve_home(None, {"SALTCHAT_HOME": "/a", "XDG_DATA_HOME": "/x"}) == Path("/a")
+    assert resolve_home(None, {"SALTCHAT_HOME": "/a", "XDG_DATA_HOME": "/x"}) == Path(
+        "/a"
+    )
     assert resolve_home(None, {"XDG_DATA_HOME": "/x"}) == Path("/x/saltchat")
 
 
@@ -263,7 +270,9 @@ def test_bad_listen_address_is_explained(capsys: pytest.CaptureFixture[str]) -> 
     assert "expected HOST:PORT" in capsys.readouterr().err
 
 
-def test_plain_and_json_together_are_refused(capsys: pytest.CaptureFixture[str]) -> None:
+def test_plain_and_json_together_are_refused(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
     with pytest.raises(SystemExit):
         cli.main(["--plain", "--json"])
     assert "not allowed with" in capsys.readouterr().err

@@ -59,7 +59,9 @@ async def test_tui_chats_and_shows_peers_and_security_panel() -> None:
             await pilot.press(*"hello", "enter")
             await hub.settle()
             await pilot.pause()
-            assert any(e.event == "message" and e.fields["text"] == "hello" for e in bob_events)
+            assert any(
+                e.event == "message" and e.fields["text"] == "hello" for e in bob_events
+            )
             assert any("you" in line and "hello" in line for line in app.lines)
 
             await pilot.press(*"/keys", "enter")
