@@ -850,11 +850,13 @@ class ChatClient:
     # --------------------------------------------------------------- commands
 
     def _name(self, peer: _Peer) -> str:
-        """The peer's display name: its nickname, made unique if needed."""
+        """The peer's display name: its nickname, made unique among the
+        peers present (two people may claim one name; keys tell them apart)."""
         if peer.nick is None:
             return peer.label
         clash = any(
             other is not peer
+            and other.present
             and other.nick == peer.nick
             and other.identity != peer.identity
             for other in self._peers.values()
@@ -864,11 +866,13 @@ class ChatClient:
         return peer.nick
 
     def _find(self, name: str) -> _Peer:
-        matches = [
-            peer
-            for peer in self._peers.values()
-            if name in (self._name(peer), peer.nick, peer.label)
-        ]
+        # Exact display names first, then nicknames, preferring peers present.
+        peers = list(self._peers.values())
+        matches = [peer for peer in peers if self._name(peer) == name]
+        if not matches:
+            matches = [peer for peer in peers if name in (peer.nick, peer.label)]
+        if len(matches) > 1:
+            matches = [peer for peer in matches if peer.present] or matches
         if not matches:
             raise CommandError(f"no peer called {name!r}; /who lists the peers")
         if len(matches) > 1:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 import itertools
 import stat
 from pathlib import Path
@@ -22,6 +23,7 @@ from chat.home import Home, resolve_home
 from chat.invite import Invite, InviteError, decode_invite, encode_invite
 from chat.limits import MAX_INPUT_LINE_BYTES, RECONNECT_CAP_SECONDS
 from chat.trust import TrustState, TrustStore, TrustStoreError
+from chat.ui.lines import read_lines
 from chat.ui.plain import PlainRenderer, describe
 
 FINGERPRINT = "12345 67890 00001 99999 54321 00000"
@@ -307,3 +309,28 @@ def test_demo_dispatches_or_says_it_is_missing(
 def test_flags_may_follow_the_subcommand() -> None:
     args = cli.build_parser().parse_intermixed_args(["join", "CODE", "--json"])
     assert (args.command, args.code, args.json) == ("join", "CODE", True)
+
+
+# Reading stdin.
+
+
+def _lines(data: bytes, limit: int = 10, chunk: int = 4) -> list[object]:
+    stream = io.BytesIO(data)
+    got: list[object] = []
+    read_lines(lambda _size: stream.read(chunk), got.append, limit)
+    return [str(item) if isinstance(item, ValueError) else item for item in got]
+
+
+def test_stdin_lines_are_split_and_crlf_trimmed() -> None:
+    assert _lines(b"one\r\ntwo\nthree") == [b"one", b"two", b"three", None]
+
+
+def test_over_long_stdin_line_is_skipped_with_one_error() -> None:
+    got = _lines(b"short\n" + b"x" * 50 + b"\nafter\n")
+    assert got[0] == b"short"
+    assert "longer than 10 bytes" in str(got[1])
+    assert got[2:] == [b"after", None]
+
+
+def test_line_of_exactly_the_limit_is_kept() -> None:
+    assert _lines(b"x" * 10 + b"\n") == [b"x" * 10, None]

@@ -12,6 +12,7 @@ once, and the `closed` event lists what is undelivered.
 from __future__ import annotations
 
 import asyncio
+import os
 import signal
 import threading
 from collections.abc import Callable
@@ -24,31 +25,45 @@ from chat.limits import MAX_INPUT_LINE_BYTES
 __all__ = ["read_lines", "run_lines"]
 
 _EOF = None
+_CHUNK = 65536
 
 
 def read_lines(
-    stdin: BinaryIO,
+    read: Callable[[int], bytes],
     deliver: Callable[[bytes | ValueError | None], None],
     limit: int = MAX_INPUT_LINE_BYTES,
 ) -> None:
-    """Read stdin line by line (in a thread), bounding each line.
+    """Split what `read` returns into lines (in a thread), bounding each.
 
     Calls `deliver` with each line (bytes, without the newline), with a
-    ValueError describing a bad line, and with None at end of input.
+    ValueError describing a line over `limit` (skipped whole), and with None
+    at end of input. Never holds more than `limit` bytes of one line.
     """
-    while True:
-        raw = stdin.readline(limit + 2)
-        if not raw:
-            deliver(_EOF)
-            return
+    pending = b""
+    skipping = False
+    while chunk := read(_CHUNK):
+        pending += chunk
+        while True:
+            line, newline, rest = pending.partition(b"\n")
+            if not newline:
+                break
+            pending = rest
+            if skipping:
+                skipping = False
+            elif len(line.rstrip(b"\r")) > limit:
+                deliver(ValueError(f"input line longer than {limit} bytes; skipped"))
+            else:
+                deliver(line.rstrip(b"\r"))
 
-        # Too long: skip the rest of that line, then report it once.
-        if not raw.endswith(b"\n") and len(raw) > limit:
-            while raw and not raw.endswith(b"\n"):
-                raw = stdin.readline(limit + 2)
-            deliver(ValueError(f"input line longer than {limit} bytes; skipped"))
-            continue
-        deliver(raw.rstrip(b"\r\n"))
+        # Too long and no newline yet: drop what we have, report it once.
+        if len(pending) > limit:
+            if not skipping:
+                deliver(ValueError(f"input line longer than {limit} bytes; skipped"))
+            skipping = True
+            pending = b""
+    if pending and not skipping:
+        deliver(pending.rstrip(b"\r"))
+    deliver(_EOF)
 
 
 def _decode(raw: bytes) -> str:
@@ -75,10 +90,16 @@ async def run_lines(
         loop.add_signal_handler(signum, stop.set)
 
     # A daemon thread, so that a read blocked on a terminal never keeps the
-    # process alive after /quit.
+    # process alive after /quit. It reads the file descriptor directly: a
+    # daemon thread blocked inside a buffered reader aborts the interpreter
+    # at exit (the reader's lock cannot be taken).
+    fd = stdin.fileno()
     threading.Thread(
         target=read_lines,
-        args=(stdin, lambda item: loop.call_soon_threadsafe(queue.put_nowait, item)),
+        args=(
+            lambda size: os.read(fd, size),
+            lambda item: loop.call_soon_threadsafe(queue.put_nowait, item),
+        ),
         daemon=True,
         name="stdin",
     ).start()
