@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import json
 import os
 import re
 import subprocess
@@ -46,7 +47,7 @@ DEADLINE = 10.0
 
 M = TypeVar("M", bound=RelayMessage)
 
-SERVING = re.compile(r"serving (wss?://\S+)")
+SERVING = re.compile(r"serving (wss?://[^\s\"]+)")
 
 
 def make_config(data_dir: Path, **overrides: Any) -> RelayConfig:
@@ -144,7 +145,7 @@ def http_get(url: str, path: str) -> tuple[int, str]:
     """GET `path` on the relay at WebSocket `url`; return status and body."""
     http = url.replace("ws://", "http://", 1) + path
     try:
-        with urllib.request.urlopen(http, timeout=DEADLINE) as response:  # noqa: S310
+        with urllib.request.urlopen(http, timeout=DEADLINE) as response:
             return response.status, response.read().decode()
     except urllib.error.HTTPError as exc:
         return exc.code, exc.read().decode()
@@ -211,8 +212,6 @@ def compose_command(compose_file: Path) -> list[str]:
     (``command: ["saltchat-relay", ...]``), which is valid YAML and JSON alike,
     so no YAML library is needed to read it.
     """
-    import json
-
     for line in compose_file.read_text().splitlines():
         stripped = line.strip()
         if stripped.startswith("command:"):
