@@ -8,6 +8,7 @@ import os
 import signal
 import subprocess
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -28,10 +29,10 @@ COMPOSE = ROOT / "docker-compose.yml"
 
 
 @pytest.fixture
-def processes() -> list[RelayProcess]:
+def processes() -> Iterator[list[RelayProcess]]:
     """Relay subprocesses started by a test, killed at its end."""
     started: list[RelayProcess] = []
-    yield started  # type: ignore[misc]
+    yield started
     for process in started:
         process.stop()
 
