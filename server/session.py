@@ -128,7 +128,13 @@ class Session(Member):
         if self.closing is not None:
             return
         self.closing = close
-        self.relay.spawn(self.websocket.close(close.code, close.reason))
+        self.relay.spawn(self._close(close))
+
+    async def _close(self, close: Close) -> None:
+        # Leave the rooms first: the others learn at once that this member is
+        # gone, even if the close handshake waits behind a full buffer.
+        await self.leave_all()
+        await self.websocket.close(close.code, close.reason)
 
     def _overflow(self) -> None:
         self.relay.stats.drops["slow_consumer"] += 1
