@@ -71,7 +71,7 @@ class RelayProcess:
             cwd=ROOT,
         )
         assert process.stderr is not None
-        seen = []
+        seen: list[str] = []
         async with asyncio.timeout(DEADLINE):
             while True:
                 line = (await process.stderr.readline()).decode(errors="replace")

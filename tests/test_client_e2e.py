@@ -50,9 +50,10 @@ async def test_two_clients_chat_both_ways(cluster: Cluster) -> None:
     got = await bob.wait_for("message", text="hello bob")
     await alice.wait_for("delivered", id=sent["id"], to="bob")
     await bob.say("hello alice")
-    await alice.wait_for("message", text="hello alice", **{"from": "bob"})
+    got_back = await alice.wait_for("message", text="hello alice")
 
     assert got["from"] == "alice"
+    assert got_back["from"] == "bob"
     assert got["id"] == sent["id"]
     secure = alice.find("secure", peer="bob")[0]
     assert (

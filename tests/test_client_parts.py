@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib.util
 import io
 import itertools
 import stat
@@ -301,7 +302,7 @@ def test_id_prints_the_same_fingerprint_every_run(
 def test_demo_dispatches_or_says_it_is_missing(
     monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    monkeypatch.setattr(cli.importlib.util, "find_spec", lambda name: None)
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name: None)
     assert cli.main(["demo"]) == 1
     assert "not available" in capsys.readouterr().err
 
