@@ -526,7 +526,11 @@ class ChatClient:
 
     def _new_session(self, peer: _Peer) -> Session:
         peer.session = Session(
-            self._identity, self._room, now=self._clock(), observer=self._observer
+            self._identity,
+            self._room,
+            now=self._clock(),
+            observer=self._observer,
+            side=self.nick,
         )
         peer.started_at = self._clock()
         peer.ready = False
