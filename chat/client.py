@@ -69,6 +69,7 @@ from chat.limits import (
     TICK_SECONDS,
 )
 from chat.transport import (
+    DIRECT_PEER,
     Inbound,
     Link,
     LinkError,
@@ -692,9 +693,8 @@ class ChatClient:
             logger.debug("ignored an unknown control message from %s", peer.label)
             return
         peer.nick = sanitize_nick(text[len(_HELLO) :])
-        slot = f"{self._room.room_id.hex()}:{peer.address.hex()}"
         try:
-            decision = self._trust.check(peer.identity.key, peer.nick, slot)
+            decision = self._trust.check(peer.identity.key, peer.nick, self._slot(peer))
         except (TrustStoreError, OSError) as exc:
             self._emit(ClientEvent("error", {"detail": f"trust store: {exc}"}))
             return
@@ -720,6 +720,13 @@ class ChatClient:
             )
             return
         self._become_ready(peer, decision.state)
+
+    def _slot(self, peer: _Peer) -> str | None:
+        # In direct mode every peer has the same stand-in address: only the
+        # name is pinned there.
+        if peer.address == DIRECT_PEER:
+            return None
+        return f"{self._room.room_id.hex()}:{peer.address.hex()}"
 
     def _become_ready(self, peer: _Peer, state: TrustState) -> None:
         assert peer.identity is not None
@@ -941,8 +948,7 @@ class ChatClient:
         peer = self._find(name)
         if peer.trust != TrustState.CHANGED or peer.identity is None:
             raise CommandError(f"{name}'s key has not changed; nothing to accept")
-        slot = f"{self._room.room_id.hex()}:{peer.address.hex()}"
-        self._trust.accept(peer.identity.key, peer.nick or peer.label, slot)
+        self._trust.accept(peer.identity.key, peer.nick or peer.label, self._slot(peer))
         self._become_ready(peer, self._trust.state_of(peer.identity.key))
 
         # Held frames are processed now, in order, and acknowledged.

@@ -123,13 +123,14 @@ class TrustStore:
         }
         write_private(self.path, json.dumps(data, indent=1).encode("utf-8"))
 
-    def check(self, key: bytes, name: str, slot: str) -> TrustDecision:
+    def check(self, key: bytes, name: str, slot: str | None) -> TrustDecision:
         """Check a peer's key against the pins, pinning it on first use.
 
         Args:
             key: the peer's identity public key (proven by the handshake).
             name: the nickname the peer claims.
-            slot: the peer's place, "<room id hex>:<address hex>".
+            slot: the peer's place, "<room id hex>:<address hex>", or None
+                where addresses mean nothing (direct mode).
 
         Returns:
             CHANGED (nothing pinned) when the name or the slot is pinned to
@@ -141,7 +142,7 @@ class TrustStore:
         key_hex = key.hex()
         for pinned_by, pinned in (
             ("name", self._names.get(name)),
-            ("address", self._addresses.get(slot)),
+            ("address", self._addresses.get(slot) if slot else None),
         ):
             if pinned is not None and pinned != key_hex:
                 return TrustDecision(
@@ -151,7 +152,7 @@ class TrustStore:
         self._pin(key_hex, name, slot)
         return TrustDecision(self.state_of(key))
 
-    def accept(self, key: bytes, name: str, slot: str) -> None:
+    def accept(self, key: bytes, name: str, slot: str | None) -> None:
         """Pin `key` for `name` and `slot`, replacing any earlier pin (/trust).
 
         The accepted key starts unverified: accepting a change is not the
@@ -159,7 +160,9 @@ class TrustStore:
         """
         self._pin(key.hex(), name, slot, replace=True)
 
-    def _pin(self, key_hex: str, name: str, slot: str, replace: bool = False) -> None:
+    def _pin(
+        self, key_hex: str, name: str, slot: str | None, replace: bool = False
+    ) -> None:
         if key_hex not in self._identities:
             if len(self._identities) >= MAX_TRUST_ENTRIES:
                 raise TrustStoreError(
@@ -172,7 +175,7 @@ class TrustStore:
             }
         if replace or name not in self._names:
             self._names[name] = key_hex
-        if replace or slot not in self._addresses:
+        if slot and (replace or slot not in self._addresses):
             self._addresses[slot] = key_hex
         self.save()
 

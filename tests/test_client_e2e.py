@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import sys
 from collections.abc import AsyncIterator
 from pathlib import Path
 
@@ -14,7 +15,7 @@ from websockets.asyncio.server import ServerConnection, serve
 from websockets.exceptions import ConnectionClosed
 
 from chat import envelope
-from tests.client_helpers import Cluster, JsonClient
+from tests.client_helpers import DEADLINE, ROOT, Cluster, JsonClient, child_env
 
 
 @pytest.fixture
@@ -286,3 +287,35 @@ async def test_bad_stdin_gets_clear_errors_and_the_client_stays_up(
     assert [item["text"] for item in closed["undelivered"]] == ["queued while offline"]
     assert client.process.returncode == 0
     assert not client.bad_lines
+
+
+@pytest.mark.parametrize(
+    ("argv", "status", "says"),
+    [
+        (["--bogus"], 2, "unrecognized arguments: --bogus"),
+        (["--connect", "http://x"], 2, "expected a ws:// or wss:// URL"),
+        (["join", "sc1-AAAAA"], 1, "bad invite code"),
+    ],
+)
+async def test_bad_flags_exit_with_a_clear_error(
+    tmp_path: Path, argv: list[str], status: int, says: str
+) -> None:
+    process = await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-m",
+        "chat",
+        "--home",
+        str(tmp_path),
+        *argv,
+        stdin=asyncio.subprocess.DEVNULL,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+        env=child_env(),
+        cwd=ROOT,
+    )
+    async with asyncio.timeout(DEADLINE):
+        out, err = await process.communicate()
+
+    assert process.returncode == status
+    assert says in err.decode()
+    assert out == b""

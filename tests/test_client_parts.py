@@ -335,3 +335,10 @@ def test_over_long_stdin_line_is_skipped_with_one_error() -> None:
 
 def test_line_of_exactly_the_limit_is_kept() -> None:
     assert _lines(b"x" * 10 + b"\n") == [b"x" * 10, None]
+
+
+def test_without_an_address_only_the_name_is_pinned() -> None:
+    store = TrustStore(None)
+    store.check(b"k" * 32, "bob", None)
+    assert store.check(b"x" * 32, "carol", None).state == TrustState.UNVERIFIED
+    assert store.check(b"x" * 32, "bob", None).state == TrustState.CHANGED
