@@ -13,6 +13,7 @@ one moves it to FAILED and erases its keys.
 
 from __future__ import annotations
 
+import contextlib
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -24,6 +25,7 @@ import nacl.utils
 from chat.core import schedule
 from chat.core.channel import Channel, Opened
 from chat.core.errors import (
+    CounterExhausted,
     LocalError,
     MalformedFrame,
     MessageTooLarge,
@@ -58,6 +60,7 @@ from chat.core.limits import (
     MAX_FRAME,
     MAX_TEXT_BYTES,
     RECENT_HELLOS,
+    REJECT_AFTER_MESSAGES,
     REJECT_AFTER_SECONDS,
     REKEY_AFTER_MESSAGES,
     REKEY_AFTER_SECONDS,
@@ -644,7 +647,9 @@ class Session:
 
     def _deliver(self, channel: Channel, epoch: int, payload: Payload) -> list[Event]:
         if isinstance(payload, Text):
-            self._seal(channel, Receipt(payload.message_id))
+            # An exhausted epoch loses the receipt, never the message.
+            with contextlib.suppress(CounterExhausted):
+                self._seal(channel, Receipt(payload.message_id))
             return [MessageReceived(payload.message_id, payload.text)]
         if isinstance(payload, Receipt):
             return [ReceiptReceived(payload.message_id)]
@@ -694,11 +699,17 @@ class Session:
         if self._rekey is not None or channel is None:
             return []
         new_epoch = channel.send_epoch + 1
-        self._rekey = _Rekey(
+        rekey = _Rekey(
             new_epoch, self._random(32), self._now + REKEY_RETRANSMIT_SECONDS
         )
-        self._seal(channel, Rekey(new_epoch, self._rekey.public))
-        self._teach("rekey", epoch=str(new_epoch), public=self._rekey.public.hex())
+
+        # An epoch that can seal no more cannot rekey: tick() re-handshakes.
+        try:
+            self._seal(channel, Rekey(new_epoch, rekey.public))
+        except CounterExhausted:
+            return []
+        self._rekey = rekey
+        self._teach("rekey", epoch=str(new_epoch), public=rekey.public.hex())
         return []
 
     def _check_rekey(self, channel: Channel, epoch: int, rekey: Rekey) -> None:
@@ -733,7 +744,8 @@ class Session:
         if self._rekey is None:
             self._start_rekey()
         ours = self._rekey
-        assert ours is not None and ours.private is not None
+        if ours is None or ours.private is None:
+            return
 
         # Both keys known: derive root_{n+1}, install its keys, confirm it.
         try:
@@ -764,9 +776,14 @@ class Session:
     def _tick_rekey(self, channel: Channel, now: float) -> None:
         sending = channel.sending
         age = now - sending.started
-        if age >= REJECT_AFTER_SECONDS and self._candidate is None:
-            self._candidate = self._new_handshake()
-            self._send_hello(self._candidate, None)
+        exhausted = sending.send_counter >= REJECT_AFTER_MESSAGES
+
+        # Too old or used up: only a fresh handshake helps (section 9.4).
+        if age >= REJECT_AFTER_SECONDS or exhausted:
+            if self._candidate is None:
+                self._candidate = self._new_handshake()
+                self._send_hello(self._candidate, None)
+            return
         if sending.send_counter >= REKEY_AFTER_MESSAGES or age >= REKEY_AFTER_SECONDS:
             self._start_rekey()
 
@@ -774,7 +791,8 @@ class Session:
         ours = self._rekey
         if ours is not None and now >= ours.retransmit_at:
             ours.retransmit_at = now + REKEY_RETRANSMIT_SECONDS
-            self._seal(channel, Rekey(ours.new_epoch, ours.public))
+            with contextlib.suppress(CounterExhausted):
+                self._seal(channel, Rekey(ours.new_epoch, ours.public))
             if ours.installed is not None:
                 self._seal(channel, Confirm(), ours.new_epoch)
 
