@@ -4,8 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import sys
-from collections.abc import AsyncIterator
 from pathlib import Path
 
 import nacl.public
@@ -15,16 +13,12 @@ from websockets.asyncio.server import ServerConnection, serve
 from websockets.exceptions import ConnectionClosed
 
 from chat import envelope
-from tests.client_helpers import DEADLINE, ROOT, Cluster, JsonClient, child_env
-
-
-@pytest.fixture
-async def cluster(tmp_path: Path) -> AsyncIterator[Cluster]:
-    running = Cluster(tmp_path)
-    try:
-        yield running
-    finally:
-        await running.close()
+from tests.client_helpers import (  # noqa: F401 (cluster is a fixture)
+    Cluster,
+    JsonClient,
+    cluster_fixture,
+    run_chat,
+)
 
 
 async def _pair(
@@ -300,22 +294,8 @@ async def test_bad_stdin_gets_clear_errors_and_the_client_stays_up(
 async def test_bad_flags_exit_with_a_clear_error(
     tmp_path: Path, argv: list[str], status: int, says: str
 ) -> None:
-    process = await asyncio.create_subprocess_exec(
-        sys.executable,
-        "-m",
-        "chat",
-        "--home",
-        str(tmp_path),
-        *argv,
-        stdin=asyncio.subprocess.DEVNULL,
-        stdout=asyncio.subprocess.PIPE,
-        stderr=asyncio.subprocess.PIPE,
-        env=child_env(),
-        cwd=ROOT,
-    )
-    async with asyncio.timeout(DEADLINE):
-        out, err = await process.communicate()
+    returncode, out, err = await run_chat(tmp_path, *argv)
 
-    assert process.returncode == status
-    assert says in err.decode()
-    assert out == b""
+    assert returncode == status
+    assert says in err
+    assert out == ""

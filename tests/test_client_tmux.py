@@ -8,12 +8,17 @@ import shlex
 import shutil
 import subprocess
 import sys
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
-from tests.client_helpers import DEADLINE, ROOT, Cluster
+from tests.client_helpers import (  # noqa: F401 (cluster is a fixture)
+    DEADLINE,
+    ROOT,
+    Cluster,
+    cluster_fixture,
+)
 
 POLL_SECONDS = 0.1
 
@@ -30,15 +35,6 @@ def tmux(tmp_path: Path) -> Iterator[list[str]]:
         yield command
     finally:
         subprocess.run([*command, "kill-server"], check=False, capture_output=True)
-
-
-@pytest.fixture
-async def cluster(tmp_path: Path) -> AsyncIterator[Cluster]:
-    running = Cluster(tmp_path)
-    try:
-        yield running
-    finally:
-        await running.close()
 
 
 def _capture(tmux: list[str]) -> str:
