@@ -203,6 +203,7 @@ class _Peer:
     started_at: float = 0.0
     failed_at: float | None = None
     failures: int = 0
+    named_in: int = -1  # generation in which the peer's nickname arrived
     held: deque[tuple[bytes, int]] = field(default_factory=deque)
     early: deque[tuple[bytes, str]] = field(default_factory=deque)
 
@@ -266,6 +267,7 @@ class ChatClient:
         self._closing = asyncio.Event()
         self._connected_once = False
         self._announced = False
+        self._lost_reason = "connection lost"
         self.connection = "connecting"
         self.drained = asyncio.Event()
         self.drained.set()
@@ -671,6 +673,8 @@ class ChatClient:
         # copy from the mailbox, is acknowledged again but never shown twice.
         assert peer.identity is not None
         seen = self._seen.setdefault(peer.identity.key, OrderedDict())
+        while len(self._seen) > MAX_PEERS * 4:
+            del self._seen[next(iter(self._seen))]
         if message_id in seen:
             return
         seen[message_id] = None
@@ -689,9 +693,16 @@ class ChatClient:
         )
 
     def _on_control(self, peer: _Peer, text: str) -> None:
-        if not text.startswith(_HELLO) or peer.identity is None:
-            logger.debug("ignored an unknown control message from %s", peer.label)
+        # One nickname per session: a peer cannot rename itself mid-session
+        # (nor make us pin names, and write the trust store, without end).
+        if (
+            not text.startswith(_HELLO)
+            or peer.identity is None
+            or peer.named_in == peer.generation
+        ):
+            logger.debug("ignored a control message from %s", peer.label)
             return
+        peer.named_in = peer.generation
         peer.nick = sanitize_nick(text[len(_HELLO) :])
         try:
             decision = self._trust.check(peer.identity.key, peer.nick, self._slot(peer))

@@ -163,11 +163,19 @@ class TrustStore:
     def _pin(
         self, key_hex: str, name: str, slot: str | None, replace: bool = False
     ) -> None:
+        sizes = (len(self._identities), len(self._names), len(self._addresses))
+        new = (
+            key_hex not in self._identities
+            or name not in self._names
+            or bool(slot and slot not in self._addresses)
+        )
+        if new and max(sizes) >= MAX_TRUST_ENTRIES:
+            raise TrustStoreError(
+                f"trust store is full ({MAX_TRUST_ENTRIES} entries); "
+                "move trust.json aside to start again"
+            )
+
         if key_hex not in self._identities:
-            if len(self._identities) >= MAX_TRUST_ENTRIES:
-                raise TrustStoreError(
-                    f"trust store holds {MAX_TRUST_ENTRIES} identities already"
-                )
             self._identities[key_hex] = {
                 "verified": False,
                 "name": name,
@@ -177,7 +185,9 @@ class TrustStore:
             self._names[name] = key_hex
         if slot and (replace or slot not in self._addresses):
             self._addresses[slot] = key_hex
-        self.save()
+        after = (len(self._identities), len(self._names), len(self._addresses))
+        if replace or after != sizes:
+            self.save()
 
     def mark_verified(self, key: bytes) -> None:
         """Record that the user compared the safety number for `key`."""

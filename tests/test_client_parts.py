@@ -342,3 +342,12 @@ def test_without_an_address_only_the_name_is_pinned() -> None:
     store.check(b"k" * 32, "bob", None)
     assert store.check(b"x" * 32, "carol", None).state == TrustState.UNVERIFIED
     assert store.check(b"x" * 32, "bob", None).state == TrustState.CHANGED
+
+
+def test_trust_store_is_bounded(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr("chat.trust.MAX_TRUST_ENTRIES", 2)
+    store = TrustStore(None)
+    store.check(b"a" * 32, "a", None)
+    store.check(b"b" * 32, "b", None)
+    with pytest.raises(TrustStoreError, match="full"):
+        store.check(b"c" * 32, "c", None)
