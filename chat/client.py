@@ -2,11 +2,11 @@
 
 One `ChatClient` is one person in one room. It keeps one core `Session` per
 peer address (pairwise: a message is sealed once per recipient, protocol.md
-section 3), and it owns everything a session does not:
+section 5), and it owns everything a session does not:
 
 - the link (relay or direct), with reconnects under bounded exponential
   backoff and jitter; after a reconnect every established session is rekeyed
-  (protocol.md section 5) and every undelivered message is resent;
+  (protocol.md section 9) and every undelivered message is resent;
 - nicknames, exchanged inside the channel as a control message (a text whose
   first character is NUL, which a user cannot type) and never trusted for
   identity: the identity is the key proven in the handshake;
@@ -480,7 +480,7 @@ class ChatClient:
         self.connection = "connected"
 
         # A new link means frames may have been lost in flight: rekey every
-        # established session (protocol.md section 5) and resend whatever has
+        # established session (protocol.md section 9) and resend whatever has
         # no receipt yet. The receiver drops the duplicates by id.
         for peer in self._peers.values():
             session = peer.session
@@ -502,7 +502,7 @@ class ChatClient:
 
         # The newcomer starts the handshake (it sees us in JOINED); we start
         # too when joining ourselves, and both starting at once is fine
-        # (protocol.md section 3, simultaneous start). An established session
+        # (protocol.md section 5.4, simultaneous start). An established session
         # is kept: the peer either rekeys (it reconnected) or sends a fresh
         # HELLO (it restarted), which the core turns into PeerRestarted.
         session = peer.session
@@ -577,7 +577,7 @@ class ChatClient:
 
         # A HELLO may open a session (or replace a dead one). Before our
         # session is paired only a HELLO can be valid (protocol.md section
-        # 3); anything else, such as records left in our mailbox by a
+        # 5.4); anything else, such as records left in our mailbox by a
         # session of an earlier run, is dropped quietly.
         session = peer.session
         dead = session is None or session.state in _DEAD

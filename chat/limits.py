@@ -85,7 +85,7 @@ MAX_ROOM_NAME_BYTES: Final = 256
 
 MAX_INPUT_LINE_BYTES: Final = 32768 - 1 - 2 - 16
 """Longest stdin line accepted as a message: the protocol's largest text
-(see protocol.md section 4: padded plaintext of at most 32768 bytes)."""
+(see protocol.md section 7.3: padded plaintext of at most 32768 bytes)."""
 
 MAX_COMMAND_BYTES: Final = 1024
 """Longest command line (`/verify NICK 60-DIGITS` fits easily)."""

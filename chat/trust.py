@@ -1,7 +1,7 @@
 """Trust on first use: which identity key belongs to which peer.
 
 A nickname is a claim and never an identity: the identity is the peer's
-long-term key, proven in the handshake (protocol.md section 3). The trust
+long-term key, proven in the handshake (protocol.md section 5.2). The trust
 store pins, on first contact:
 
 - the identity key itself, with its state (verified or unverified);
