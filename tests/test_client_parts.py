@@ -5,6 +5,7 @@ from __future__ import annotations
 import importlib.util
 import io
 import itertools
+import re
 import stat
 from pathlib import Path
 
@@ -351,3 +352,18 @@ def test_trust_store_is_bounded(monkeypatch: pytest.MonkeyPatch) -> None:
     store.check(b"b" * 32, "b", None)
     with pytest.raises(TrustStoreError, match="full"):
         store.check(b"c" * 32, "c", None)
+
+
+def test_every_emitted_event_is_documented_in_the_json_contract() -> None:
+    root = Path(__file__).resolve().parents[1]
+    source = "\n".join(
+        path.read_text()
+        for path in (root / "chat").rglob("*.py")
+        if "core" not in path.parts
+    )
+    emitted = set(re.findall(r'ClientEvent\(\s*"([a-z-]+)"', source))
+    emitted |= set(re.findall(r'_reply\("([a-z-]+)"', source))
+    contract = (root / "docs" / "cli.md").read_text().split("## The JSON contract")[1]
+    documented = set(re.findall(r"^\| `([a-z-]+)` \|", contract, re.MULTILINE))
+
+    assert emitted == documented
