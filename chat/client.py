@@ -53,6 +53,7 @@ from chat.core.session import (
 )
 from chat.core.teaching import TeachingEvent
 from chat.limits import (
+    CLOSE_FLUSH_SECONDS,
     DEDUP_IDS_PER_PEER,
     HANDSHAKE_RETRY_LIMIT,
     HANDSHAKE_TIMEOUT_SECONDS,
@@ -423,17 +424,21 @@ class ChatClient:
             One entry per undelivered message: id, text, and the peers that
             have not confirmed it. Also emitted as a `closed` event.
         """
+        if self._closing.is_set():
+            return self.undelivered()
+
+        # CLOSE tells each peer to drop its session now rather than time out.
         for peer in self._peers.values():
             if peer.session is not None and peer.session.state not in _DEAD:
                 with contextlib.suppress(SaltchatError):
                     peer.session.close()
         link = self._link
         if link is not None:
-            with contextlib.suppress(LinkError, Exception):
-                await asyncio.wait_for(self._flush(link), 2.0)
+            with contextlib.suppress(LinkError, TimeoutError):
+                await asyncio.wait_for(self._flush(link), CLOSE_FLUSH_SECONDS)
         self._closing.set()
         if link is not None:
-            with contextlib.suppress(Exception):
+            with contextlib.suppress(LinkError, OSError):
                 await link.close()
 
         undelivered = self.undelivered()

@@ -12,6 +12,7 @@ from __future__ import annotations
 from typing import Final
 
 __all__ = [
+    "CLOSE_FLUSH_SECONDS",
     "DEDUP_IDS_PER_PEER",
     "DEFAULT_RELAY",
     "DEFAULT_ROOM",
@@ -70,6 +71,9 @@ HANDSHAKE_TIMEOUT_SECONDS: Final = 10.0
 HANDSHAKE_RETRY_LIMIT: Final = 3
 """Failed handshakes in a row with one peer before the client stops trying
 until that peer joins again (a meddling relay must not cause a loop)."""
+
+CLOSE_FLUSH_SECONDS: Final = 2.0
+"""At /quit, how long the last frames (CLOSE to each peer) may take to leave."""
 
 TICK_SECONDS: Final = 1.0
 """How often sessions are ticked (time-based rekey, handshake timeouts)."""
