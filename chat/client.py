@@ -67,6 +67,8 @@ from chat.limits import (
     RECONNECT_CAP_SECONDS,
     RECONNECT_FACTOR,
     RECONNECT_JITTER,
+    SEND_BURST,
+    SEND_RATE,
     TICK_SECONDS,
 )
 from chat.transport import (
@@ -269,6 +271,8 @@ class ChatClient:
         self._connected_once = False
         self._announced = False
         self._lost_reason = "connection lost"
+        self._tokens = float(SEND_BURST)
+        self._refilled = clock()
         self.connection = "connecting"
         self.drained = asyncio.Event()
         self.drained.set()
@@ -384,10 +388,25 @@ class ChatClient:
             if peer.session is None:
                 continue
             for frame in peer.session.frames_to_send():
+                await self._pace()
                 await link.send(peer.address, frame)
         acks, self._acks = self._acks, []
         for frame_id in acks:
+            await self._pace()
             await link.ack(frame_id)
+
+    async def _pace(self) -> None:
+        # A token bucket under the relay's own (see chat.limits.SEND_RATE).
+        now = self._clock()
+        self._tokens = min(
+            float(SEND_BURST), self._tokens + (now - self._refilled) * SEND_RATE
+        )
+        self._refilled = now
+        if self._tokens < 1.0:
+            await asyncio.sleep((1.0 - self._tokens) / SEND_RATE)
+            self._tokens = 1.0
+            self._refilled = self._clock()
+        self._tokens -= 1.0
 
     async def _ticker(self) -> None:
         while not self._closing.is_set():

@@ -31,6 +31,8 @@ __all__ = [
     "RECONNECT_CAP_SECONDS",
     "RECONNECT_FACTOR",
     "RECONNECT_JITTER",
+    "SEND_BURST",
+    "SEND_RATE",
     "TICK_SECONDS",
     "TRUST_FILE_MAX_BYTES",
 ]
@@ -71,6 +73,14 @@ HANDSHAKE_TIMEOUT_SECONDS: Final = 10.0
 HANDSHAKE_RETRY_LIMIT: Final = 3
 """Failed handshakes in a row with one peer before the client stops trying
 until that peer joins again (a meddling relay must not cause a loop)."""
+
+SEND_RATE: Final = 50.0
+"""Frames per second the client sends at most, on average: half the relay's
+default allowance, so that resending a full outbox after a reconnect never
+gets the connection closed for flooding (which would make it resend again)."""
+
+SEND_BURST: Final = 100
+"""Frames the client may send at once before SEND_RATE applies."""
 
 CLOSE_FLUSH_SECONDS: Final = 2.0
 """At /quit, how long the last frames (CLOSE to each peer) may take to leave."""
