@@ -23,7 +23,7 @@ import nacl.bindings
 import nacl.utils
 
 from chat.core import schedule
-from chat.core.channel import Channel, Opened
+from chat.core.channel import Channel, Opened, record_nonce
 from chat.core.errors import (
     CounterExhausted,
     LocalError,
@@ -620,13 +620,14 @@ class Session:
             handshake = candidate
 
         payload = parse_payload(opened.plaintext)
-        self._teach(
-            "open",
-            epoch=str(opened.epoch),
-            counter=str(opened.counter),
-            padded_size=str(len(frame) - 30),
-            plaintext=opened.plaintext.hex(),
-        )
+        if self._observer is not None:
+            self._teach(
+                "open",
+                epoch=str(opened.epoch),
+                counter=str(opened.counter),
+                padded_size=str(len(frame) - 30),
+                plaintext=opened.plaintext.hex(),
+            )
         return handshake, opened, payload
 
     def _confirm(self, handshake: Handshake) -> list[Event]:
@@ -688,7 +689,11 @@ class Session:
                 counter=str(int.from_bytes(frame[6:14], "big")),
                 plaintext=plaintext.hex(),
                 padded_size=str(len(frame) - 30),
-                nonce=(frame[:2] + bytes((channel.role,)) + frame[2:14]).hex(),
+                nonce=record_nonce(
+                    int.from_bytes(frame[2:6], "big"),
+                    int.from_bytes(frame[6:14], "big"),
+                    channel.role,
+                ).hex(),
                 ciphertext=frame[14:].hex(),
             )
 
