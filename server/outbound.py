@@ -20,6 +20,7 @@ from collections import deque
 from collections.abc import Callable, Iterator, Sequence
 
 from websockets.asyncio.server import ServerConnection
+from websockets.protocol import State
 
 __all__ = ["BATCH_BYTES", "BatchingConnection", "Outbound"]
 
@@ -48,6 +49,22 @@ class BatchingConnection(ServerConnection):
         """
         async with self.send_context():
             self.transport.write(b"".join(_framed(messages)))
+
+    def send_now(self, message: bytes) -> bool:
+        """Write one message at once if nothing else is waiting to be written.
+
+        Returns:
+            False, having written nothing, if the connection is not open or
+            the transport still holds unwritten data (the caller queues the
+            message for the writer, which respects flow control).
+        """
+        if (
+            self.protocol.state is not State.OPEN
+            or self.transport.get_write_buffer_size()
+        ):
+            return False
+        self.transport.write(b"".join(_framed((message,))))
+        return True
 
 
 _SHORT = struct.Struct(">BB")
@@ -84,6 +101,7 @@ class Outbound:
     __slots__ = (
         "_bytes",
         "_connection",
+        "_hot",
         "_max_bytes",
         "_max_frames",
         "_messages",
@@ -110,6 +128,7 @@ class Outbound:
         self._messages: deque[bytes] = deque()
         self._bytes = 0
         self._overflowed = False
+        self._hot = False
         self._wakeup: asyncio.Future[None] | None = None
         self._space: asyncio.Future[None] | None = None
 
@@ -136,12 +155,25 @@ class Outbound:
             self._on_overflow()
             return False
 
+        # A lone message goes out at once, saving a turn of the event loop.
+        # Once per turn only: the rest of a burst is queued for the writer,
+        # which sends it in one batch.
+        wakeup = self._wakeup
+        idle = wakeup is not None and not wakeup.done() and not self._messages
+        if idle and not self._hot and self._connection.send_now(message):
+            self._hot = True
+            asyncio.get_running_loop().call_soon(self._cool)
+            self._on_sent(1, size)
+            return True
+
         self._messages.append(message)
         self._bytes += size
-        wakeup = self._wakeup
         if wakeup is not None and not wakeup.done():
             wakeup.set_result(None)
         return True
+
+    def _cool(self) -> None:
+        self._hot = False
 
     async def wait_for_space(self) -> None:
         """Wait until at most half of the byte bound is queued.

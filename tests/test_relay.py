@@ -193,6 +193,11 @@ async def test_absent_member_gets_stored_frames_on_return_and_ack_deletes(
         # Acknowledged frames are gone on the next return; the other stays.
         for frame in delivered[:2]:
             await back.send(encode(Ack(room_id, frame.frame_id)))
+
+        # A connection's messages are handled in order: once a later SEND is
+        # answered, the ACKs before it are committed.
+        await back.send_to(room_id, BROADCAST, b"sync", send_id=99)
+        assert (await back.result()).send_id == 99
         await back.close()
         third = await Client.open(relay.url)
         third.token, third.address = second.token, second.address
@@ -210,6 +215,8 @@ async def test_ack_of_someone_elses_frame_deletes_nothing(tmp_path: Path) -> Non
         assert (await first.result()).status == Status.STORED
 
         await first.send(encode(Ack(room_id, 1)))
+        await first.send_to(room_id, BROADCAST, b"sync", send_id=99)
+        assert (await first.result()).send_id == 99
         back = await Client.open(relay.url)
         back.token, back.address = second.token, second.address
         await back.join(room_id)
