@@ -345,6 +345,31 @@ async def test_idle_connection_closes_4001(tmp_path: Path) -> None:
         assert await client.closed() == (4001, "idle timeout")
 
 
+async def test_unanswered_keepalive_pings_close_1011(tmp_path: Path) -> None:
+    async with running_relay(tmp_path, ping_interval=0.05, ping_timeout=0.05) as relay:
+        # A raw client that completes the handshake and never answers a ping.
+        host, port = relay.url.removeprefix("ws://").split(":")
+        reader, writer = await asyncio.open_connection(host, int(port))
+        writer.write(
+            b"GET / HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\n"
+            b"Connection: Upgrade\r\nSec-WebSocket-Key: AAAAAAAAAAAAAAAAAAAAAA==\r\n"
+            b"Sec-WebSocket-Version: 13\r\n\r\n"
+        )
+        await reader.readuntil(b"\r\n\r\n")
+        stream = await asyncio.wait_for(reader.read(), 10)
+        writer.close()
+
+    # Server frames are unmasked: walk them to the close frame.
+    codes = []
+    while len(stream) >= 2:
+        opcode, size = stream[0] & 0x0F, stream[1] & 0x7F
+        if opcode == 0x8:
+            codes.append(int.from_bytes(stream[2:4], "big"))
+        stream = stream[2 + size :]
+    assert codes == [1011]
+    assert relay.stats.closes["keepalive"] == 1
+
+
 async def test_text_message_closes_1003(tmp_path: Path) -> None:
     async with running_relay(tmp_path) as relay:
         client = await Client.open(relay.url)
