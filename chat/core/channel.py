@@ -98,16 +98,16 @@ class ReplayWindow:
 
     def commit(self, counter: int, tag: bytes) -> None:
         """Mark ``counter`` accepted; call only after it authenticated."""
+        # Sliding forward frees the slots of the counters skipped over; the
+        # slot of ``counter`` itself is overwritten below.
+        if counter > self.highest:
+            if counter > self.highest + 1:
+                self._clear(self.highest + 1, counter - 1)
+            self.highest = counter
         slot = counter % REPLAY_WINDOW
-        if counter == self.highest + 1:
-            # In-order delivery, the common case: the slot's old bit goes.
-            self._bits[slot >> 3] &= ~(1 << (slot & 7)) & 0xFF
-            self.highest = counter
-        elif counter > self.highest:
-            self._clear(self.highest + 1, counter)
-            self.highest = counter
         self._bits[slot >> 3] |= 1 << (slot & 7)
-        self._tags[slot * _TAG_SIZE : (slot + 1) * _TAG_SIZE] = tag
+        start = slot * _TAG_SIZE
+        self._tags[start : start + _TAG_SIZE] = tag
 
     def _clear(self, first: int, last: int) -> None:
         # Slots of counters first..last held counters that just left the window.

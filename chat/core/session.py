@@ -407,7 +407,8 @@ class Session:
         return handshake
 
     def _start(self, _arg: object = None) -> list[Event]:
-        self._teach("identity", fingerprint=self._identity.public.fingerprint())
+        if self._observer is not None:
+            self._teach("identity", fingerprint=self._identity.public.fingerprint())
         self._live = self._new_handshake()
         self._send_hello(self._live, None)
         return []
@@ -433,13 +434,15 @@ class Session:
             self._send_hello(handshake, hello.ephemeral)
         self._outbox.append(handshake.auth(self._identity))
         self._teach("shared-secret", dh=pairing.shared_hash, role=str(pairing.role))
-        self._teach(
-            "keys",
-            transcript=pairing.th.hex(),
-            k_auth_own=short_hash(pairing.k_auth_own.reveal()),
-            k_auth_peer=short_hash(pairing.k_auth_peer.reveal()),
-        )
-        self._teach("auth", identity=self._identity.public.fingerprint())
+        if self._observer is not None and pairing.secrets is not None:
+            self._teach(
+                "keys",
+                transcript=pairing.th.hex(),
+                k_auth_own=short_hash(pairing.secrets.k_auth_own.reveal()),
+                k_auth_peer=short_hash(pairing.secrets.k_auth_peer.reveal()),
+            )
+        if self._observer is not None:
+            self._teach("auth", identity=self._identity.public.fingerprint())
 
     def _check_hello(self, frame: object) -> Hello:
         assert isinstance(frame, bytes)
@@ -574,7 +577,8 @@ class Session:
         peer = handshake.verify_auth(frame, self._identity, expected)
         channel = handshake.finish(peer, self._identity, frame, self._now)
         self._seal(channel, Confirm())
-        self._teach("keys", root=short_hash(channel.root.reveal()))
+        if self._observer is not None:
+            self._teach("keys", root=short_hash(channel.root.reveal()))
         return []
 
     def _tick_handshakes(self, now: float) -> None:
@@ -764,7 +768,8 @@ class Session:
         channel.install(rekey.new_epoch, root, self._now)
         ours.private, ours.installed = None, rekey.public
         self._seal(channel, Confirm(), rekey.new_epoch)
-        self._teach("rekey", epoch=str(rekey.new_epoch), root=short_hash(root))
+        if self._observer is not None:
+            self._teach("rekey", epoch=str(rekey.new_epoch), root=short_hash(root))
 
     def _maybe_switch(self, channel: Channel, epoch: int) -> list[Event]:
         # An authenticated record of epoch n+1: the peer has switched, so do we.
@@ -812,5 +817,7 @@ class Session:
         self.stats.received_in_epoch = channel.sending.received
 
     def _teach(self, step: str, **fields: str) -> None:
+        # Callers guard fields that cost work (fingerprints, hashes) with the
+        # same test, so a session without an observer pays nothing for them.
         if self._observer is not None:
             self._observer(TeachingEvent(step, self._side, fields))

@@ -112,3 +112,11 @@ def _walk(obj: object, seen: set[int]) -> Any:
 #: Hypothesis settings for this suite: enough examples to find a byte that
 #: slips through, few enough to keep the suite well under a minute.
 FAST = settings(max_examples=60, deadline=None)
+
+
+def answered(initiator: Session, responder: Session) -> tuple[bytes, bytes]:
+    """Start ``initiator`` and let ``responder`` answer; return its HELLO, AUTH."""
+    initiator.start()
+    responder.receive(initiator.frames_to_send()[0], 0)
+    hello, auth = responder.frames_to_send()
+    return hello, auth

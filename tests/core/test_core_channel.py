@@ -6,7 +6,16 @@ import copy
 from functools import cache
 
 import pytest
-from core_support import ALICE, BOB, FAST, established, make_session, pump, snapshot
+from core_support import (
+    ALICE,
+    BOB,
+    FAST,
+    answered,
+    established,
+    make_session,
+    pump,
+    snapshot,
+)
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -98,9 +107,7 @@ def test_any_flipped_auth_byte_is_rejected_without_change(
     field: str, data: st.DataObject
 ) -> None:
     alice, bob = make_session(ALICE), make_session(BOB)
-    alice.start()
-    bob.receive(alice.frames_to_send()[0], 0)
-    hello_b, auth_b = bob.frames_to_send()
+    hello_b, auth_b = answered(alice, bob)
     alice.receive(hello_b, 0)
     start, end = AUTH_FIELDS[field]
     index = data.draw(st.integers(start, end - 1), label=f"byte of {field}")
@@ -120,9 +127,7 @@ def test_any_flipped_hello_byte_prevents_establishment(
     field: str, data: st.DataObject
 ) -> None:
     alice, bob = make_session(ALICE), make_session(BOB)
-    alice.start()
-    bob.receive(alice.frames_to_send()[0], 0)
-    hello_b, auth_b = bob.frames_to_send()
+    hello_b, auth_b = answered(alice, bob)
     start = 2 if field == "ephemeral" else 34
     index = data.draw(st.integers(start, start + 31), label=f"byte of {field}")
     tampered = bytearray(hello_b)

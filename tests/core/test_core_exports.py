@@ -23,3 +23,16 @@ def test_all_matches_the_documented_api() -> None:
 def test_every_exported_name_exists() -> None:
     for name in chat.core.__all__:
         assert hasattr(chat.core, name), name
+
+
+def test_every_error_kind_is_documented() -> None:
+    text = DOC.read_text()
+    kinds = {
+        klass.default_kind
+        for klass in vars(chat.core).values()
+        if isinstance(klass, type)
+        and issubclass(klass, chat.core.PeerError)
+        and klass is not chat.core.PeerError
+    }
+    missing = {kind for kind in kinds if f"| {kind} |" not in text}
+    assert not missing

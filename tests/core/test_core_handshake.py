@@ -8,6 +8,7 @@ from core_support import (
     ALICE,
     BOB,
     MALLORY,
+    answered,
     established,
     make_session,
     pump,
@@ -96,9 +97,7 @@ def test_hello_lost_once_still_establishes() -> None:
 def test_wrong_room_secret_fails_without_killing_the_session() -> None:
     alice = make_session(ALICE)
     bob = make_session(BOB, room=RoomKeys.from_secret(bytes(32)))
-    alice.start()
-    bob.receive(alice.frames_to_send()[0], 0)
-    hello_b, auth_b = bob.frames_to_send()
+    hello_b, auth_b = answered(alice, bob)
     alice.receive(hello_b, 0)
     with pytest.raises(ForgedFrame, match="wrong room secret") as caught:
         alice.receive(auth_b, 0)
@@ -110,9 +109,7 @@ def test_substituted_ephemeral_aborts_the_handshake() -> None:
     # The relay swaps Bob's ephemeral for its own in Bob's HELLO.
     alice, bob = make_session(ALICE), make_session(BOB)
     relay = make_session(MALLORY, room=RoomKeys.from_secret(bytes(32)))
-    alice.start()
-    bob.receive(alice.frames_to_send()[0], 0)
-    hello_b, auth_b = bob.frames_to_send()
+    hello_b, auth_b = answered(alice, bob)
     relay.start()
     relay_e = relay.frames_to_send()[0][2:34]
     alice.receive(hello_b[:2] + relay_e + hello_b[34:], 0)
@@ -125,9 +122,7 @@ def test_substituted_identity_without_room_key_aborts() -> None:
     # Mallory (no room key) answers Alice in Bob's place.
     alice = make_session(ALICE)
     mallory = make_session(MALLORY, room=RoomKeys.from_secret(bytes(32)))
-    alice.start()
-    mallory.receive(alice.frames_to_send()[0], 0)
-    hello_m, auth_m = mallory.frames_to_send()
+    hello_m, auth_m = answered(alice, mallory)
     alice.receive(hello_m, 0)
     with pytest.raises(ForgedFrame):
         alice.receive(auth_m, 0)
@@ -137,9 +132,7 @@ def test_substituted_identity_without_room_key_aborts() -> None:
 def test_substituted_identity_with_room_key_raises_key_changed() -> None:
     alice = make_session(ALICE, expected_peer=BOB.public)
     mallory = make_session(MALLORY)
-    alice.start()
-    mallory.receive(alice.frames_to_send()[0], 0)
-    hello_m, auth_m = mallory.frames_to_send()
+    hello_m, auth_m = answered(alice, mallory)
     alice.receive(hello_m, 0)
     with pytest.raises(KeyChanged) as caught:
         alice.receive(auth_m, 0)
@@ -151,9 +144,7 @@ def test_substituted_identity_with_room_key_raises_key_changed() -> None:
 def test_key_changed_sends_no_confirm() -> None:
     alice = make_session(ALICE, expected_peer=BOB.public)
     mallory = make_session(MALLORY)
-    alice.start()
-    mallory.receive(alice.frames_to_send()[0], 0)
-    hello_m, auth_m = mallory.frames_to_send()
+    hello_m, auth_m = answered(alice, mallory)
     alice.receive(hello_m, 0)
     alice.frames_to_send()
     with pytest.raises(KeyChanged):
@@ -171,18 +162,17 @@ def test_expected_peer_that_matches_establishes() -> None:
 
 def test_auth_with_a_bad_signature_is_fatal() -> None:
     alice, bob = make_session(ALICE), make_session(BOB)
-    alice.start()
-    bob.receive(alice.frames_to_send()[0], 0)
-    hello_b, _ = bob.frames_to_send()
+    hello_b, _ = answered(alice, bob)
     alice.receive(hello_b, 0)
 
     # Re-seal Bob's AUTH with a corrupted signature under the right key.
     handshake = bob._live
     assert handshake is not None and handshake.pairing is not None
     pairing = handshake.pairing
+    assert pairing.secrets is not None
     bad = BOB.public.key + bytes(64)
     box = nacl.bindings.crypto_secretbox_easy(
-        bad, auth_nonce(pairing.role), pairing.k_auth_own.reveal()
+        bad, auth_nonce(pairing.role), pairing.secrets.k_auth_own.reveal()
     )
     with pytest.raises(HandshakeFailed, match="signature"):
         alice.receive(b"\x01\x02" + box, 0)
@@ -191,9 +181,7 @@ def test_auth_with_a_bad_signature_is_fatal() -> None:
 
 def test_peer_claiming_our_own_identity_is_fatal() -> None:
     alice, twin = make_session(ALICE), make_session(ALICE, seed=b"twin")
-    alice.start()
-    twin.receive(alice.frames_to_send()[0], 0)
-    hello_t, auth_t = twin.frames_to_send()
+    hello_t, auth_t = answered(alice, twin)
     alice.receive(hello_t, 0)
     with pytest.raises(HandshakeFailed, match="own identity"):
         alice.receive(auth_t, 0)
@@ -219,9 +207,7 @@ def test_reflected_hello_with_bit_255_set_is_rejected() -> None:
 
 def test_reflected_auth_is_rejected() -> None:
     alice, bob = make_session(ALICE), make_session(BOB)
-    alice.start()
-    bob.receive(alice.frames_to_send()[0], 0)
-    hello_b, _ = bob.frames_to_send()
+    hello_b, _ = answered(alice, bob)
     alice.receive(hello_b, 0)
     (own_auth,) = alice.frames_to_send()
     with pytest.raises(ReflectedFrame):
@@ -259,9 +245,7 @@ def test_non_canonical_point_is_refused() -> None:
 
 def test_auth_before_pairing_is_dropped() -> None:
     alice, bob = make_session(ALICE), make_session(BOB)
-    alice.start()
-    bob.receive(alice.frames_to_send()[0], 0)
-    _, auth_b = bob.frames_to_send()
+    _, auth_b = answered(alice, bob)
     carol = make_session(ALICE, seed=b"carol")
     carol.start()
     with pytest.raises(UnexpectedFrame, match="HELLO_SENT"):
@@ -365,3 +349,24 @@ def test_state_transition_missing_names_state_and_event() -> None:
     bob.send_text("hi", 0)
     with pytest.raises(UnexpectedFrame, match="record frame in state IDLE"):
         alice.receive(bob.frames_to_send()[0], 0)
+
+
+@pytest.mark.parametrize("cut", [0, 1, 2, 33, 65])
+def test_truncated_hello_is_refused(cut: int) -> None:
+    alice, bob = make_session(ALICE), make_session(BOB)
+    alice.start()
+    hello = alice.frames_to_send()[0]
+    with pytest.raises(MalformedFrame):
+        bob.receive(hello[:cut], 0)
+    assert bob.state is S.IDLE
+
+
+@pytest.mark.parametrize("change", [-1, 1])
+def test_auth_of_the_wrong_size_is_refused(change: int) -> None:
+    alice, bob = make_session(ALICE), make_session(BOB)
+    hello_b, auth_b = answered(alice, bob)
+    alice.receive(hello_b, 0)
+    wrong = auth_b[:-1] if change < 0 else auth_b + b"\x00"
+    with pytest.raises(MalformedFrame, match="AUTH is 114 bytes"):
+        alice.receive(wrong, 0)
+    assert alice.state is S.AUTH_SENT

@@ -75,9 +75,12 @@ def test_handshake_and_pairing_redact() -> None:
     handshake = bob._live
     assert isinstance(handshake, Handshake) and handshake.pairing is not None
     pairing = handshake.pairing
-    for secret in (pairing.hs, pairing.k_auth_own, pairing.k_auth_peer):
+    assert pairing.secrets is not None
+    secrets = pairing.secrets
+    for secret in (secrets.hs, secrets.k_auth_own, secrets.k_auth_peer):
         assert_redacted(handshake, secret.reveal())
         assert_redacted(pairing, secret.reveal())
+        assert_redacted(secrets, secret.reveal())
 
 
 def test_pending_rekey_redacts() -> None:
