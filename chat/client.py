@@ -1,0 +1,1058 @@
+"""The asyncio chat client over the sans-I/O protocol core.
+
+One `ChatClient` is one person in one room. It keeps one core `Session` per
+peer address (pairwise: a message is sealed once per recipient, protocol.md
+section 5), and it owns everything a session does not:
+
+- the link (relay or direct), with reconnects under bounded exponential
+  backoff and jitter; after a reconnect every established session is rekeyed
+  (protocol.md section 9) and every undelivered message is resent;
+- nicknames, exchanged inside the channel as a control message (a text whose
+  first character is NUL, which a user cannot type) and never trusted for
+  identity: the identity is the key proven in the handshake;
+- trust on first use (chat.trust): a peer whose key changed is held, its
+  frames left unprocessed and unacknowledged, until the user runs /trust;
+- an outbox with end-to-end receipts: a message leaves the outbox when every
+  recipient's client has sent a receipt from inside the channel; resends
+  carry the same message id, and the receiver shows an id once;
+- ACKs of mailbox frames once they have been processed.
+
+The client reports what happens as `ClientEvent`s, the vocabulary of the
+`--json` mode (docs/cli.md), to whichever user interface drives it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import random
+import time
+import unicodedata
+from collections import OrderedDict, deque
+from collections.abc import Awaitable, Callable, Iterator
+from dataclasses import dataclass, field
+from functools import partial
+from typing import Any
+
+import nacl.utils
+
+from chat.core import frame_kind
+from chat.core.errors import PeerError, SaltchatError
+from chat.core.identity import Identity, PublicIdentity, fingerprint_matches
+from chat.core.rooms import RoomKeys
+from chat.core.session import (
+    Established,
+    MessageReceived,
+    PeerClosed,
+    PeerRestarted,
+    ReceiptReceived,
+    Rekeyed,
+    Session,
+    SessionState,
+)
+from chat.core.teaching import TeachingEvent
+from chat.limits import (
+    CLOSE_FLUSH_SECONDS,
+    DEDUP_IDS_PER_PEER,
+    HANDSHAKE_RETRY_LIMIT,
+    HANDSHAKE_TIMEOUT_SECONDS,
+    HELD_FRAMES_PER_PEER,
+    MAX_INPUT_LINE_BYTES,
+    MAX_NICK_CHARS,
+    MAX_PEERS,
+    OUTBOX_MAX_BYTES,
+    OUTBOX_MAX_MESSAGES,
+    RECONNECT_BASE_SECONDS,
+    RECONNECT_CAP_SECONDS,
+    RECONNECT_FACTOR,
+    RECONNECT_JITTER,
+    SEND_BURST,
+    SEND_RATE,
+    TICK_SECONDS,
+)
+from chat.transport import (
+    DIRECT_PEER,
+    Inbound,
+    Link,
+    LinkError,
+    LinkEvent,
+    LinkUp,
+    PeerArrived,
+    PeerGone,
+    SendRefused,
+)
+from chat.trust import TrustState, TrustStore, TrustStoreError
+
+__all__ = [
+    "ChatClient",
+    "ClientEvent",
+    "CommandError",
+    "backoff_delays",
+    "sanitize_nick",
+]
+
+logger = logging.getLogger("chat.client")
+
+_CONTROL = "\x00"
+_HELLO = _CONTROL + "nick "
+_HANDSHAKING = (
+    SessionState.IDLE,
+    SessionState.HELLO_SENT,
+    SessionState.AUTH_SENT,
+    SessionState.CONFIRMING,
+)
+_DEAD = (SessionState.CLOSED, SessionState.FAILED)
+
+# Rejections that happen in normal operation (frames from an earlier session
+# left in the mailbox, a repeated HELLO, a record racing a rekey): counted in
+# /keys and logged, but not raised as alerts.
+_QUIET_KINDS = frozenset({"stale", "unexpected", "future-epoch"})
+
+
+class CommandError(ValueError):
+    """A user command or message cannot be carried out; the text says why."""
+
+
+@dataclass(frozen=True)
+class ClientEvent:
+    """One thing that happened, as the `--json` mode prints it.
+
+    Attributes:
+        event: the event name (docs/cli.md lists them).
+        fields: the event's fields; JSON-serialisable, never a secret.
+    """
+
+    event: str
+    fields: dict[str, Any] = field(default_factory=dict)
+
+    def as_dict(self) -> dict[str, Any]:
+        """The event as one JSON object."""
+        return {"event": self.event, **self.fields}
+
+
+def backoff_delays(
+    base: float = RECONNECT_BASE_SECONDS,
+    cap: float = RECONNECT_CAP_SECONDS,
+    factor: float = RECONNECT_FACTOR,
+    jitter: float = RECONNECT_JITTER,
+    rng: Callable[[], float] = random.random,
+) -> Iterator[float]:
+    """Yield reconnect delays: exponential, capped, with random jitter.
+
+    Each delay is `d * (1 - jitter * r)` for the next `d` in base, base *
+    factor, ... capped at `cap`, with `r` uniform in [0, 1): never above the
+    cap, never below `(1 - jitter)` of the nominal delay.
+    """
+    delay = base
+    while True:
+        yield delay * (1.0 - jitter * rng())
+        delay = min(cap, delay * factor)
+
+
+def sanitize_nick(claim: str) -> str:
+    """Make a claimed nickname safe to print: printable, one line, bounded."""
+    kept = "".join(
+        char
+        for char in claim
+        if not unicodedata.category(char).startswith(("C", "Z")) or char == " "
+    )
+    kept = "_".join(kept.split())[:MAX_NICK_CHARS]
+    return kept or "anonymous"
+
+
+def _seal(
+    session: Session | None, text: str, now: float, message_id: bytes | None = None
+) -> list[object]:
+    """Seal one text into a session; the frame waits in frames_to_send()."""
+    assert session is not None
+    session.send_text(text, now, message_id=message_id)
+    return []
+
+
+def _rekey(session: Session, now: float) -> list[object]:
+    session.rekey(now)
+    return []
+
+
+def _hex_id(message_id: bytes) -> str:
+    return message_id.hex()
+
+
+@dataclass
+class _Outgoing:
+    """A message in the outbox, waiting for receipts."""
+
+    message_id: bytes
+    text: str
+    sent_in: dict[bytes, int]  # recipient address -> generation it was sealed in
+    delivered: set[bytes] = field(default_factory=set)
+    open: bool = False  # no recipient yet: goes to whoever becomes ready
+
+
+@dataclass
+class _Peer:
+    """What the client knows about one address in the room."""
+
+    address: bytes
+    session: Session | None = None
+    present: bool = False
+    nick: str | None = None
+    identity: PublicIdentity | None = None
+    safety_number: str | None = None
+    trust: TrustState | None = None
+    ready: bool = False
+    generation: int = 0
+    started_at: float = 0.0
+    failed_at: float | None = None
+    failures: int = 0
+    named_in: int = -1  # generation in which the peer's nickname arrived
+    held: deque[tuple[bytes, int]] = field(default_factory=deque)
+    early: deque[tuple[bytes, str]] = field(default_factory=deque)
+
+    @property
+    def label(self) -> str:
+        """A name for the peer before it has told us its nickname."""
+        if self.identity is not None:
+            return "peer-" + self.identity.fingerprint()[:5]
+        return "peer-" + self.address[:3].hex()
+
+
+class ChatClient:
+    """One person in one room: sessions, trust, outbox, reconnects."""
+
+    def __init__(
+        self,
+        *,
+        identity: Identity,
+        room: RoomKeys,
+        nick: str,
+        trust: TrustStore,
+        connect: Callable[[], Awaitable[Link]],
+        emit: Callable[[ClientEvent], None],
+        expected_fingerprint: str | None = None,
+        observer: Callable[[TeachingEvent], None] | None = None,
+        clock: Callable[[], float] = time.monotonic,
+        backoff: Callable[[], Iterator[float]] = backoff_delays,
+    ) -> None:
+        """Set up a client; `run()` connects and keeps it connected.
+
+        Args:
+            identity: our long-term identity.
+            room: the room's keys (room_id goes to the relay).
+            nick: the nickname we claim.
+            trust: the trust store.
+            connect: opens a link (relay or direct), raising LinkError.
+            emit: receives every ClientEvent, in order.
+            expected_fingerprint: the inviter's fingerprint from an invite
+                code; a peer proving that identity is marked verified.
+            observer: receives the core's TeachingEvents (--show-handshake).
+            clock: monotonic time source handed to the core as `now`.
+            backoff: factory of reconnect delay iterators.
+        """
+        self._identity = identity
+        self._room = room
+        self.nick = sanitize_nick(nick)
+        self._trust = trust
+        self._connect = connect
+        self._emit = emit
+        self._expected = expected_fingerprint
+        self._observer = observer
+        self._clock = clock
+        self._backoff = backoff
+
+        self._peers: dict[bytes, _Peer] = {}
+        self._outbox: OrderedDict[bytes, _Outgoing] = OrderedDict()
+        self._seen: dict[bytes, OrderedDict[bytes, None]] = {}
+        self._link: Link | None = None
+        self._acks: list[int] = []
+        self._dirty = asyncio.Event()
+        self._closing = asyncio.Event()
+        self._connected_once = False
+        self._announced = False
+        self._lost_reason = "connection lost"
+        self._tokens = float(SEND_BURST)
+        self._refilled = clock()
+        self.connection = "connecting"
+        self.drained = asyncio.Event()
+        self.drained.set()
+        self.ready_info: dict[str, Any] = {}
+
+    # ---------------------------------------------------------------- running
+
+    def _announce(self) -> None:
+        self._announced = True
+        fingerprint = self._identity.public.fingerprint()
+        self._emit(
+            ClientEvent(
+                "ready",
+                {"nick": self.nick, "fingerprint": fingerprint, **self.ready_info},
+            )
+        )
+
+    async def run(self) -> None:
+        """Connect, and reconnect after every failure, until `close()`.
+
+        When listening for a direct peer, `ready` is announced at once (it
+        carries the URL to connect to); otherwise at the first connection.
+        """
+        if "listening" in self.ready_info:
+            self._announce()
+        delays = self._backoff()
+        ticker = asyncio.create_task(self._ticker())
+        try:
+            while not self._closing.is_set():
+                try:
+                    link = await self._open_link()
+                except LinkError as exc:
+                    await self._wait_before_retry(delays, str(exc))
+                    continue
+                delays = self._backoff()
+                await self._serve(link)
+                if not self._closing.is_set():
+                    await self._wait_before_retry(delays, self._lost_reason)
+        finally:
+            ticker.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await ticker
+
+    async def _open_link(self) -> Link:
+        # The connect attempt itself is cancelled by close(), so that /quit
+        # while the relay is down does not wait for a timeout.
+        connecting = asyncio.ensure_future(self._connect())
+        closing = asyncio.ensure_future(self._closing.wait())
+        done, _ = await asyncio.wait(
+            {connecting, closing}, return_when=asyncio.FIRST_COMPLETED
+        )
+        closing.cancel()
+        if connecting not in done:
+            connecting.cancel()
+            with contextlib.suppress(BaseException):
+                await connecting
+            raise LinkError("closing")
+        return connecting.result()
+
+    async def _wait_before_retry(self, delays: Iterator[float], reason: str) -> None:
+        if self._closing.is_set():
+            return
+        delay = next(delays)
+        was = self.connection
+        self.connection = "disconnected"
+        if was != "disconnected" or not self._connected_once:
+            self._emit(
+                ClientEvent(
+                    "disconnected", {"reason": reason, "retry_in": round(delay, 2)}
+                )
+            )
+        logger.info("link down (%s); retrying in %.2f s", reason, delay)
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self._closing.wait(), delay)
+
+    async def _serve(self, link: Link) -> None:
+        # One reader (this coroutine) and one writer task per link: every
+        # frame leaves through the writer, so frames of a session go out in
+        # the order the session produced them.
+        self._link = link
+        self._lost_reason = "connection lost"
+        writer = asyncio.create_task(self._writer(link))
+        try:
+            async for event in link.events():
+                self._on_link_event(event)
+                self._dirty.set()
+                if self._closing.is_set():
+                    break
+        except LinkError as exc:
+            self._lost_reason = str(exc)
+        finally:
+            self._link = None
+            writer.cancel()
+            with contextlib.suppress(asyncio.CancelledError, LinkError):
+                await writer
+            for peer in self._peers.values():
+                peer.present = False
+            if not self._closing.is_set():
+                with contextlib.suppress(Exception):
+                    await link.close()
+
+    async def _writer(self, link: Link) -> None:
+        try:
+            while True:
+                await self._dirty.wait()
+                self._dirty.clear()
+                await self._flush(link)
+        except LinkError as exc:
+            logger.info("send failed: %s", exc)
+
+    async def _flush(self, link: Link) -> None:
+        for peer in list(self._peers.values()):
+            if peer.session is None:
+                continue
+            for frame in peer.session.frames_to_send():
+                await self._pace()
+                await link.send(peer.address, frame)
+        acks, self._acks = self._acks, []
+        for frame_id in acks:
+            await self._pace()
+            await link.ack(frame_id)
+
+    async def _pace(self) -> None:
+        # A token bucket under the relay's own (see chat.limits.SEND_RATE).
+        now = self._clock()
+        self._tokens = min(
+            float(SEND_BURST), self._tokens + (now - self._refilled) * SEND_RATE
+        )
+        self._refilled = now
+        if self._tokens < 1.0:
+            await asyncio.sleep((1.0 - self._tokens) / SEND_RATE)
+            self._tokens = 1.0
+            self._refilled = self._clock()
+        self._tokens -= 1.0
+
+    async def _ticker(self) -> None:
+        while not self._closing.is_set():
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._closing.wait(), TICK_SECONDS)
+            self.tick()
+
+    def tick(self) -> None:
+        """Tick sessions: handshake retransmission, time-based rekey, and
+        forgetting old epochs are the core's (protocol.md sections 5.5, 9);
+        restarting after a failed handshake is ours."""
+        now = self._clock()
+        for peer in list(self._peers.values()):
+            session = peer.session
+            if session is not None and session.state not in _DEAD:
+                self._guard(peer, partial(session.tick, now))
+            elif self._link is not None and peer.present:
+                self._maybe_restart_handshake(peer, now)
+        self._dirty.set()
+
+    def _maybe_restart_handshake(self, peer: _Peer, now: float) -> None:
+        # After a failed handshake, try again a little later, a bounded number
+        # of times: a meddling relay that makes every handshake fail must not
+        # make us loop. The peer joining again resets the count.
+        if peer.failures >= HANDSHAKE_RETRY_LIMIT or peer.failed_at is None:
+            return
+        if now - peer.failed_at >= HANDSHAKE_TIMEOUT_SECONDS / 2:
+            self._start_handshake(peer)
+
+    async def close(self) -> list[dict[str, Any]]:
+        """Close every session, leave, and report what is undelivered.
+
+        Returns:
+            One entry per undelivered message: id, text, and the peers that
+            have not confirmed it. Also emitted as a `closed` event.
+        """
+        if self._closing.is_set():
+            return self.undelivered()
+
+        # CLOSE tells each peer to drop its session now rather than time out.
+        for peer in self._peers.values():
+            if peer.session is not None and peer.session.state not in _DEAD:
+                with contextlib.suppress(SaltchatError):
+                    peer.session.close()
+        link = self._link
+        if link is not None:
+            with contextlib.suppress(LinkError, TimeoutError):
+                await asyncio.wait_for(self._flush(link), CLOSE_FLUSH_SECONDS)
+        self._closing.set()
+        if link is not None:
+            with contextlib.suppress(LinkError, OSError):
+                await link.close()
+
+        undelivered = self.undelivered()
+        self._emit(ClientEvent("closed", {"undelivered": undelivered}))
+        return undelivered
+
+    def undelivered(self) -> list[dict[str, Any]]:
+        """Messages still waiting for a receipt, with who has not confirmed."""
+        result = []
+        for item in self._outbox.values():
+            waiting = [
+                self._name(self._peers[address])
+                for address in item.sent_in
+                if address not in item.delivered and address in self._peers
+            ]
+            result.append(
+                {"id": _hex_id(item.message_id), "text": item.text, "to": waiting}
+            )
+        return result
+
+    # ------------------------------------------------------------ link events
+
+    def _on_link_event(self, event: LinkEvent) -> None:
+        match event:
+            case Inbound(sender, frame_id, payload):
+                self._on_inbound(sender, frame_id, payload)
+            case LinkUp(address, members):
+                self._on_link_up(address, members)
+            case PeerArrived(address):
+                self._on_peer_arrived(address)
+            case PeerGone(address):
+                self._on_peer_gone(address)
+            case SendRefused(recipient, reason):
+                peer = self._peers.get(recipient)
+                who = self._name(peer) if peer else "a peer"
+                self._emit(ClientEvent("error", {"detail": f"{reason} ({who})"}))
+
+    def _on_link_up(self, address: bytes, members: tuple[bytes, ...]) -> None:
+        if self._connected_once:
+            self._emit(ClientEvent("reconnected", {}))
+        elif not self._announced:
+            self._announce()
+        self._connected_once = True
+        self.connection = "connected"
+
+        # A new link means frames may have been lost in flight: rekey every
+        # established session (protocol.md section 9) and resend whatever has
+        # no receipt yet. The receiver drops the duplicates by id.
+        for peer in self._peers.values():
+            session = peer.session
+            if session is not None and session.state == SessionState.ESTABLISHED:
+                self._guard(peer, partial(_rekey, session, self._clock()))
+                peer.generation += 1
+        for member in members[:MAX_PEERS]:
+            self._on_peer_arrived(member, joining=True)
+        self._pump()
+
+    def _on_peer_arrived(self, address: bytes, joining: bool = False) -> None:
+        peer = self._peer(address)
+        if peer is None:
+            return
+        if not peer.present:
+            peer.present = True
+            peer.failures = 0
+            self._emit(ClientEvent("peer-joined", {"peer": self._name(peer)}))
+
+        # The newcomer starts the handshake (it sees us in JOINED); we start
+        # too when joining ourselves, and both starting at once is fine
+        # (protocol.md section 5.4, simultaneous start). An established session
+        # is kept: the peer either rekeys (it reconnected) or sends a fresh
+        # HELLO (it restarted), which the core turns into PeerRestarted.
+        session = peer.session
+        if session is None or session.state in _DEAD:
+            self._start_handshake(peer)
+        elif joining and session.state in _HANDSHAKING:
+            # We were away: frames of an unfinished handshake may be lost.
+            self._start_handshake(peer)
+
+    def _on_peer_gone(self, address: bytes) -> None:
+        peer = self._peers.get(address)
+        if peer is not None and peer.present:
+            peer.present = False
+            self._emit(ClientEvent("peer-left", {"peer": self._name(peer)}))
+
+    def _peer(self, address: bytes) -> _Peer | None:
+        peer = self._peers.get(address)
+        if peer is None:
+            if len(self._peers) >= MAX_PEERS:
+                logger.warning("room has more than %d peers; ignoring one", MAX_PEERS)
+                return None
+            peer = self._peers[address] = _Peer(address)
+        return peer
+
+    def _new_session(self, peer: _Peer) -> Session:
+        peer.session = Session(
+            self._identity,
+            self._room,
+            now=self._clock(),
+            observer=self._observer,
+            side=self.nick,
+        )
+        peer.started_at = self._clock()
+        peer.ready = False
+        return peer.session
+
+    def _start_handshake(self, peer: _Peer) -> None:
+        self._new_session(peer).start()
+        peer.failed_at = None
+        logger.info("starting handshake with %s", peer.label)
+
+    # ---------------------------------------------------------- inbound frames
+
+    def _on_inbound(self, sender: bytes, frame_id: int, payload: bytes) -> None:
+        peer = self._peer(sender)
+        if peer is None:
+            self._ack(frame_id)
+            return
+
+        # A peer whose identity changed is held: its frames are kept
+        # unprocessed and unacknowledged until /trust (or dropped past the
+        # bound; stored ones stay in the relay's mailbox).
+        if peer.trust == TrustState.CHANGED:
+            if len(peer.held) < HELD_FRAMES_PER_PEER:
+                peer.held.append((payload, frame_id))
+            return
+
+        self._process(peer, payload)
+        self._ack(frame_id)
+        self._pump()
+
+    def _ack(self, frame_id: int) -> None:
+        if frame_id:
+            self._acks.append(frame_id)
+
+    def _process(self, peer: _Peer, payload: bytes) -> None:
+        try:
+            kind = frame_kind(payload)
+        except PeerError as exc:
+            self._alert(peer, exc)
+            return
+
+        # A HELLO may open a session (or replace a dead one). Before our
+        # session is paired only a HELLO can be valid (protocol.md section
+        # 5.4); anything else, such as records left in our mailbox by a
+        # session of an earlier run, is dropped quietly.
+        session = peer.session
+        dead = session is None or session.state in _DEAD
+        if kind == "hello" and dead:
+            session = self._new_session(peer)
+        if (
+            session is None
+            or dead
+            or (
+                kind != "hello"
+                and session.state in (SessionState.IDLE, SessionState.HELLO_SENT)
+            )
+        ):
+            logger.debug("dropped a %s frame from %s: no session", kind, peer.label)
+            return
+        self._guard(peer, partial(session.receive, payload, self._clock()))
+
+    def _guard(self, peer: _Peer, step: Callable[[], Any]) -> None:
+        """Run one session step, handle its events and its errors."""
+        session = peer.session
+        try:
+            events = step() or []
+        except PeerError as exc:
+            self._alert(peer, exc)
+            if exc.fatal and peer.session is session:
+                peer.session = None
+                peer.ready = False
+                peer.failures += 1
+                peer.failed_at = self._clock()
+            return
+        except SaltchatError as exc:
+            logger.warning("session with %s: %s", peer.label, exc)
+            return
+        for event in events:
+            self._on_session_event(peer, event)
+
+    def _alert(self, peer: _Peer, exc: PeerError) -> None:
+        if exc.kind in _QUIET_KINDS:
+            logger.debug("rejected a frame from %s: %s", peer.label, exc)
+            return
+        self._emit(
+            ClientEvent(
+                "alert",
+                {"kind": exc.kind, "detail": str(exc), "peer": self._name(peer)},
+            )
+        )
+
+    def _on_session_event(self, peer: _Peer, event: object) -> None:
+        match event:
+            case Established(identity, safety_number):
+                self._on_established(peer, identity, safety_number)
+            case MessageReceived(message_id, text):
+                self._on_text(peer, message_id, text)
+            case ReceiptReceived(message_id):
+                self._on_receipt(peer, message_id)
+            case Rekeyed(epoch):
+                logger.info("session with %s rekeyed to epoch %d", peer.label, epoch)
+            case PeerClosed():
+                logger.info("%s closed the session", self._name(peer))
+                peer.session = None
+                peer.ready = False
+            case PeerRestarted():
+                logger.info("%s restarted its session", self._name(peer))
+                peer.ready = False
+                peer.started_at = self._clock()
+
+    def _on_established(
+        self, peer: _Peer, identity: PublicIdentity, safety_number: str
+    ) -> None:
+        # The handshake proved the key; the nickname follows inside the
+        # channel, and the trust decision waits for it (it pins both).
+        peer.identity = identity
+        peer.safety_number = safety_number
+        peer.generation += 1
+        peer.failures = 0
+        peer.ready = False
+        assert peer.session is not None
+        session = peer.session
+        self._guard(peer, partial(_seal, session, _HELLO + self.nick, self._clock()))
+
+    def _on_text(self, peer: _Peer, message_id: bytes, text: str) -> None:
+        if text.startswith(_CONTROL):
+            self._on_control(peer, text)
+            return
+        if not peer.ready:
+            if len(peer.early) < HELD_FRAMES_PER_PEER:
+                peer.early.append((message_id, text))
+            return
+        self._show(peer, message_id, text)
+
+    def _show(self, peer: _Peer, message_id: bytes, text: str) -> None:
+        # Deduplication by id, per identity: a resend after a reconnect, or a
+        # copy from the mailbox, is acknowledged again but never shown twice.
+        assert peer.identity is not None
+        seen = self._seen.setdefault(peer.identity.key, OrderedDict())
+        while len(self._seen) > MAX_PEERS * 4:
+            del self._seen[next(iter(self._seen))]
+        if message_id in seen:
+            return
+        seen[message_id] = None
+        while len(seen) > DEDUP_IDS_PER_PEER:
+            seen.popitem(last=False)
+        self._emit(
+            ClientEvent(
+                "message",
+                {
+                    "from": self._name(peer),
+                    "text": text,
+                    "id": _hex_id(message_id),
+                    "fingerprint": peer.identity.fingerprint(),
+                },
+            )
+        )
+
+    def _on_control(self, peer: _Peer, text: str) -> None:
+        # One nickname per session: a peer cannot rename itself mid-session
+        # (nor make us pin names, and write the trust store, without end).
+        if (
+            not text.startswith(_HELLO)
+            or peer.identity is None
+            or peer.named_in == peer.generation
+        ):
+            logger.debug("ignored a control message from %s", peer.label)
+            return
+        peer.named_in = peer.generation
+        peer.nick = sanitize_nick(text[len(_HELLO) :])
+        try:
+            decision = self._trust.check(peer.identity.key, peer.nick, self._slot(peer))
+        except (TrustStoreError, OSError) as exc:
+            self._emit(ClientEvent("error", {"detail": f"trust store: {exc}"}))
+            return
+
+        if decision.state == TrustState.CHANGED:
+            peer.trust = TrustState.CHANGED
+            self._emit(
+                ClientEvent(
+                    "alert",
+                    {
+                        "kind": "identity-changed",
+                        "peer": self._name(peer),
+                        "detail": (
+                            f"the identity key for this {decision.pinned_by} "
+                            "changed; messages to and from this peer are held "
+                            f"until you check the safety number (/verify "
+                            f"{self._name(peer)}) and accept the new key (/trust "
+                            f"{self._name(peer)})"
+                        ),
+                        "fingerprint": peer.identity.fingerprint(),
+                    },
+                )
+            )
+            return
+        self._become_ready(peer, decision.state)
+
+    def _slot(self, peer: _Peer) -> str | None:
+        # In direct mode every peer has the same stand-in address: only the
+        # name is pinned there.
+        if peer.address == DIRECT_PEER:
+            return None
+        return f"{self._room.room_id.hex()}:{peer.address.hex()}"
+
+    def _become_ready(self, peer: _Peer, state: TrustState) -> None:
+        assert peer.identity is not None
+        if (
+            self._expected is not None
+            and state != TrustState.VERIFIED
+            and fingerprint_matches(peer.identity, self._expected)
+        ):
+            self._trust.mark_verified(peer.identity.key)
+            state = TrustState.VERIFIED
+        peer.trust = state
+        peer.ready = True
+        self._emit(
+            ClientEvent(
+                "secure",
+                {
+                    "peer": self._name(peer),
+                    "safety_number": peer.safety_number,
+                    "verified": state == TrustState.VERIFIED,
+                    "trust": str(state),
+                    "fingerprint": peer.identity.fingerprint(),
+                },
+            )
+        )
+        while peer.early:
+            self._show(peer, *peer.early.popleft())
+
+    def _on_receipt(self, peer: _Peer, message_id: bytes) -> None:
+        item = self._outbox.get(message_id)
+        if item is None or peer.address in item.delivered:
+            return
+        item.delivered.add(peer.address)
+        item.sent_in.setdefault(peer.address, peer.generation)
+        complete = all(address in item.delivered for address in item.sent_in)
+        self._emit(
+            ClientEvent(
+                "delivered",
+                {
+                    "id": _hex_id(message_id),
+                    "to": self._name(peer),
+                    "complete": complete,
+                },
+            )
+        )
+        if complete:
+            del self._outbox[message_id]
+            if not self._outbox:
+                self.drained.set()
+
+    # ----------------------------------------------------------------- outbox
+
+    def send_message(self, text: str) -> str:
+        """Queue a message for every peer in the room; return its id (hex).
+
+        Raises:
+            CommandError: the text is empty, too long, or the outbox is full.
+        """
+        check_message_text(text)
+        if len(self._outbox) >= OUTBOX_MAX_MESSAGES or (
+            sum(len(item.text.encode()) for item in self._outbox.values())
+            + len(text.encode())
+            > OUTBOX_MAX_BYTES
+        ):
+            raise CommandError(
+                "the outbox is full of undelivered messages; wait for peers "
+                "to come back, or /quit to see what is undelivered"
+            )
+
+        # Recipients: every peer this client has met in the room, present or
+        # not (an absent one gets it from the mailbox or on its return). With
+        # nobody met yet, the message goes to the first peer that is ready.
+        message_id = nacl.utils.random(16)
+        item = _Outgoing(message_id, text, {address: 0 for address in self._peers})
+        item.open = not item.sent_in
+        self._outbox[message_id] = item
+        self.drained.clear()
+        self._emit(
+            ClientEvent(
+                "sent",
+                {
+                    "id": _hex_id(message_id),
+                    "text": text,
+                    "to": [self._name(self._peers[a]) for a in item.sent_in],
+                },
+            )
+        )
+        self._pump()
+        self._dirty.set()
+        return _hex_id(message_id)
+
+    def _pump(self) -> None:
+        """Seal every outbox message for every ready recipient not yet sent to
+        in its current session (or since the last reconnect)."""
+        if self._link is None:
+            return
+        for item in list(self._outbox.values()):
+            if item.open:
+                for address, peer in self._peers.items():
+                    if peer.ready:
+                        item.sent_in[address] = 0
+                        item.open = False
+            for address in list(item.sent_in):
+                recipient = self._due(item, address)
+                if recipient is None:
+                    continue
+                item.sent_in[address] = recipient.generation
+                self._guard(
+                    recipient,
+                    partial(
+                        _seal,
+                        recipient.session,
+                        item.text,
+                        self._clock(),
+                        item.message_id,
+                    ),
+                )
+
+    def _due(self, item: _Outgoing, address: bytes) -> _Peer | None:
+        """The recipient if `item` must be sealed for it now, else None."""
+        peer = self._peers.get(address)
+        if (
+            peer is None
+            or not peer.ready
+            or address in item.delivered
+            or item.sent_in[address] == peer.generation
+            or peer.session is None
+            or peer.session.state != SessionState.ESTABLISHED
+        ):
+            return None
+        return peer
+
+    # --------------------------------------------------------------- commands
+
+    def _name(self, peer: _Peer) -> str:
+        """The peer's display name: its nickname, made unique among the
+        peers present (two people may claim one name; keys tell them apart)."""
+        if peer.nick is None:
+            return peer.label
+        clash = any(
+            other is not peer
+            and other.present
+            and other.nick == peer.nick
+            and other.identity != peer.identity
+            for other in self._peers.values()
+        )
+        if clash and peer.identity is not None:
+            return f"{peer.nick}#{peer.identity.fingerprint()[:5]}"
+        return peer.nick
+
+    def _find(self, name: str) -> _Peer:
+        # Exact display names first, then nicknames, preferring peers present.
+        peers = list(self._peers.values())
+        matches = [peer for peer in peers if self._name(peer) == name]
+        if not matches:
+            matches = [peer for peer in peers if name in (peer.nick, peer.label)]
+        if len(matches) > 1:
+            matches = [peer for peer in matches if peer.present] or matches
+        if not matches:
+            raise CommandError(f"no peer called {name!r}; /who lists the peers")
+        if len(matches) > 1:
+            raise CommandError(
+                f"{name!r} is ambiguous; use the name with its #digits from /who"
+            )
+        return matches[0]
+
+    def who(self) -> list[dict[str, Any]]:
+        """Everyone this client has met in the room, with their state."""
+        return [
+            {
+                "peer": self._name(peer),
+                "present": peer.present,
+                "secure": peer.ready,
+                "trust": str(peer.trust) if peer.trust else "unknown",
+                "fingerprint": peer.identity.fingerprint() if peer.identity else None,
+            }
+            for peer in self._peers.values()
+        ]
+
+    def verify(self, name: str, confirmation: str | None = None) -> dict[str, Any]:
+        """Show the safety number for a peer; with a confirmation, mark it.
+
+        `confirmation` is either "yes" (the user compared the numbers) or the
+        60 digits the peer read out, compared here.
+
+        Raises:
+            CommandError: unknown peer, no session yet, or digits that differ.
+        """
+        peer = self._find(name)
+        if peer.identity is None or peer.safety_number is None:
+            raise CommandError(f"no secure session with {name} yet")
+        result: dict[str, Any] = {
+            "peer": self._name(peer),
+            "safety_number": peer.safety_number,
+            "fingerprint": peer.identity.fingerprint(),
+            "verified": peer.trust == TrustState.VERIFIED,
+        }
+        if confirmation is None:
+            return result
+
+        digits = "".join(confirmation.split())
+        if digits.lower() != "yes" and digits != "".join(peer.safety_number.split()):
+            raise CommandError(
+                "that safety number does NOT match: do not trust this peer until "
+                "you find out why"
+            )
+        if peer.trust == TrustState.CHANGED:
+            raise CommandError(f"accept the new key first with /trust {name}")
+        self._trust.mark_verified(peer.identity.key)
+        peer.trust = TrustState.VERIFIED
+        result["verified"] = True
+        return result
+
+    def accept_key(self, name: str) -> None:
+        """Accept a changed identity key (/trust) and release held messages.
+
+        Raises:
+            CommandError: unknown peer, or its key has not changed.
+        """
+        peer = self._find(name)
+        if peer.trust != TrustState.CHANGED or peer.identity is None:
+            raise CommandError(f"{name}'s key has not changed; nothing to accept")
+        self._trust.accept(peer.identity.key, peer.nick or peer.label, self._slot(peer))
+        self._become_ready(peer, self._trust.state_of(peer.identity.key))
+
+        # Held frames are processed now, in order, and acknowledged.
+        while peer.held and peer.trust != TrustState.CHANGED:
+            payload, frame_id = peer.held.popleft()
+            self._process(peer, payload)
+            self._ack(frame_id)
+        self._pump()
+        self._dirty.set()
+
+    def keys(self) -> dict[str, Any]:
+        """The security panel: per-session statistics, never a key."""
+        sessions = []
+        for peer in self._peers.values():
+            session = peer.session
+            if session is None:
+                continue
+            stats = session.stats
+            sessions.append(
+                {
+                    "peer": self._name(peer),
+                    "state": session.state.name.lower(),
+                    "epoch": stats.epoch,
+                    "sent_in_epoch": stats.sent_in_epoch,
+                    "received_in_epoch": stats.received_in_epoch,
+                    "rekeys": stats.rekeys,
+                    "rejected": dict(stats.rejected),
+                    "safety_number": peer.safety_number,
+                    "trust": str(peer.trust) if peer.trust else "unknown",
+                }
+            )
+        return {
+            "fingerprint": self._identity.public.fingerprint(),
+            "connection": self.connection,
+            "sessions": sessions,
+        }
+
+    def rekey(self) -> int:
+        """Ask every established session for a new epoch now.
+
+        Returns:
+            How many sessions were asked.
+        """
+        count = 0
+        for peer in self._peers.values():
+            session = peer.session
+            if session is not None and session.state == SessionState.ESTABLISHED:
+                self._guard(peer, partial(_rekey, session, self._clock()))
+                count += 1
+        self._dirty.set()
+        return count
+
+
+def check_message_text(text: str) -> None:
+    """Refuse text that cannot be a message, before any work.
+
+    Raises:
+        CommandError: empty, too long, or holding control characters.
+    """
+    if not text.strip():
+        raise CommandError("empty message; type some text")
+    size = len(text.encode("utf-8", "surrogatepass"))
+    if size > MAX_INPUT_LINE_BYTES:
+        raise CommandError(
+            f"message is {size} bytes; the most is {MAX_INPUT_LINE_BYTES}"
+        )
+    if any(unicodedata.category(char) == "Cc" and char != "\t" for char in text):
+        raise CommandError("message contains control characters; remove them")
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError as exc:
+        raise CommandError("message is not valid UTF-8") from exc

@@ -1,0 +1,138 @@
+"""`--plain`: messages on stdout as `NICK: text`, notices on stderr.
+
+Meant for a terminal without the full-screen interface, for pipes, and for
+people who grep their chat. stdin lines are messages, or commands when they
+start with `/`.
+"""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Callable
+from typing import Any, TextIO
+
+from chat.client import ClientEvent
+
+__all__ = ["PlainRenderer", "describe"]
+
+
+def _peers(peers: list[dict[str, Any]]) -> str:
+    if not peers:
+        return "nobody else has been in the room yet"
+    rows = []
+    for peer in peers:
+        where = "here" if peer["present"] else "away"
+        secure = "secure" if peer["secure"] else "not secure yet"
+        rows.append(f"  {peer['peer']}: {where}, {secure}, {peer['trust']}")
+    return "\n".join(rows)
+
+
+def _keys(panel: dict[str, Any]) -> str:
+    rows = [
+        f"your fingerprint: {panel['fingerprint']}",
+        f"relay: {panel['connection']}",
+    ]
+    for session in panel["sessions"]:
+        rejected = ", ".join(f"{k} {v}" for k, v in session["rejected"].items())
+        rows += [
+            f"  {session['peer']}: {session['state']}, {session['trust']}",
+            f"    epoch {session['epoch']}, sent {session['sent_in_epoch']} and "
+            f"received {session['received_in_epoch']} in this epoch, "
+            f"{session['rekeys']} rekeys",
+            f"    rejected frames: {rejected or 'none'}",
+            f"    safety number: {session['safety_number']}",
+        ]
+    return "\n".join(rows)
+
+
+def _undelivered(items: list[dict[str, Any]]) -> str:
+    if not items:
+        return "every message was delivered"
+    rows = [f"{len(items)} message(s) NOT delivered (they are lost now):"]
+    rows += [
+        f"  {item['text'][:60]!r} for {', '.join(item['to']) or 'anyone'}"
+        for item in items
+    ]
+    return "\n".join(rows)
+
+
+def _ready(f: dict[str, Any]) -> str:
+    where = f.get("listening") or f.get("relay") or f.get("connect") or ""
+    return f"ready as {f['nick']} ({where}); your fingerprint: {f['fingerprint']}"
+
+
+def _secure(f: dict[str, Any]) -> str:
+    state = "VERIFIED" if f["verified"] else f["trust"]
+    return (
+        f"secure session with {f['peer']} ({state}); safety number {f['safety_number']}"
+    )
+
+
+def _verify(f: dict[str, Any]) -> str:
+    if f["verified"]:
+        return f"{f['peer']} is verified; safety number:\n  {f['safety_number']}"
+    return (
+        f"safety number with {f['peer']} (not verified yet):\n"
+        f"  {f['safety_number']}\n"
+        f"compare it with {f['peer']} out of band, then: /verify {f['peer']} yes"
+    )
+
+
+def _handshake(f: dict[str, Any]) -> str:
+    fields = " ".join(f"{k}={v}" for k, v in f["fields"].items())
+    return f"[handshake] {f['side']} {f['step']} {fields}"
+
+
+_FORMATS: dict[str, Callable[[dict[str, Any]], str]] = {
+    "ready": _ready,
+    "invite": lambda f: f"invite code (give it to the person you invite):\n{f['code']}",
+    "peer-joined": lambda f: f"{f['peer']} joined",
+    "peer-left": lambda f: f"{f['peer']} left",
+    "secure": _secure,
+    "sent": lambda f: f"sending [{f['id'][:8]}]",
+    "delivered": lambda f: f"delivered [{f['id'][:8]}] to {f['to']}",
+    "alert": lambda f: (
+        f"!! SECURITY ALERT ({f['kind']}) {f.get('peer', '')}: {f['detail']}"
+    ),
+    "disconnected": lambda f: (
+        f"disconnected ({f['reason']}); retrying in {f['retry_in']} s"
+    ),
+    "reconnected": lambda f: "reconnected",
+    "error": lambda f: f"error: {f['detail']}",
+    "help": lambda f: "\n".join(f"  {k:<22} {v}" for k, v in f["commands"].items()),
+    "who": lambda f: _peers(f["peers"]),
+    "keys": _keys,
+    "rekey": lambda f: f"asked {f['sessions']} session(s) for a new epoch",
+    "verify": _verify,
+    "handshake": _handshake,
+    "closed": lambda f: _undelivered(f["undelivered"]),
+}
+
+
+def describe(event: ClientEvent) -> str:
+    """A one-or-more-line human description of any event."""
+    format_event = _FORMATS.get(event.event)
+    if format_event is None:
+        return f"{event.event}: {event.fields}"
+    return format_event(event.fields)
+
+
+class PlainRenderer:
+    """Messages to stdout as `NICK: text`; everything else to stderr."""
+
+    def __init__(self, out: TextIO | None = None, err: TextIO | None = None) -> None:
+        """Write to `out` and `err` (default: stdout and stderr)."""
+        self._out = out or sys.stdout
+        self._err = err or sys.stderr
+
+    def __call__(self, event: ClientEvent) -> None:
+        """Print one event."""
+        if event.event == "message":
+            self._out.write(f"{event.fields['from']}: {event.fields['text']}\n")
+            self._out.flush()
+            return
+        if event.event == "sent":
+            return
+        for line in describe(event).splitlines():
+            self._err.write(f"* {line}\n")
+        self._err.flush()

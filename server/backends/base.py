@@ -1,0 +1,324 @@
+"""The two storage interfaces the relay runs on: `Mailbox` and `Fanout`.
+
+The relay keeps no routing state of its own beyond its connections. Who is in
+which room, and the live delivery of frames to them, sits behind `Fanout`;
+frames kept for members who are away sit behind `Mailbox`. Two families of
+implementations exist or are planned:
+
+- embedded (one relay process): `server.backends.memory.MemoryFanout` and
+  `server.backends.sqlite.SqliteMailbox`;
+- Redis (several relay processes behind one address): `server.backends.redis`,
+  with live fan-out through sharded pub/sub, presence kept by heartbeats with
+  expiry, and the mailbox in Redis data structures.
+
+A backend module other than the embedded one (``server.backends.redis``)
+exposes one coroutine, ``open_backends(config: RelayConfig) -> tuple[Mailbox,
+Fanout]``, which the relay calls at start when ``--redis`` is given; the
+relay calls ``close()`` on both when it stops.
+
+Rules every implementation follows, so that the relay behaves the same on
+either:
+
+- Every method that may touch storage or the network is a coroutine. Nothing
+  assumes that all members of a room are connected to this process.
+- Live events reach the relay only through the `Member` callbacks a local
+  member registered in `Fanout.join`. Callbacks are plain functions called on
+  the relay's event loop; they must not block and never raise (the relay's
+  callbacks only queue bytes).
+- Frames are opaque bytes: an implementation stores and forwards them and
+  never looks inside.
+- Addresses, room ids and frame ids are those of the envelope (see
+  protocol.md, "Envelope (relay protocol)"): 32-byte room ids and addresses,
+  frame ids as unsigned 64-bit integers, never 0 (0 means "live").
+- Failures of the store are raised as `StorageUnavailable`; the relay turns
+  them into a refusal for the sender and a 503 on /healthz, and keeps serving.
+
+Errors::
+
+    Exception
+    └── BackendError
+        ├── MailboxFull          the recipient's mailbox is at its cap
+        ├── StorageUnavailable   the store cannot be reached or written
+        └── RoomFull             the room has its maximum number of members
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Protocol
+
+from chat.envelope import PresenceKind
+
+__all__ = [
+    "BackendError",
+    "Fanout",
+    "Mailbox",
+    "MailboxDepth",
+    "MailboxFull",
+    "Member",
+    "RoomFull",
+    "StorageUnavailable",
+    "StoredFrame",
+]
+
+
+class BackendError(Exception):
+    """Root of the errors raised by storage backends."""
+
+
+class MailboxFull(BackendError):  # noqa: N818 (names the condition)
+    """The recipient's mailbox holds its maximum frames or bytes already."""
+
+
+class StorageUnavailable(BackendError):  # noqa: N818 (names the condition)
+    """The store failed; nothing was written. Retry later or check the store."""
+
+
+class RoomFull(BackendError):  # noqa: N818 (names the condition)
+    """The room already has its maximum number of members present."""
+
+
+@dataclass(frozen=True, slots=True)
+class StoredFrame:
+    """One frame kept in a mailbox.
+
+    Attributes:
+        frame_id: non-zero id, unique within the recipient's mailbox and
+            increasing in the order frames were stored.
+        room_id: the room the frame was sent in.
+        sender: the sender's address.
+        payload: the opaque payload, byte for byte as sent.
+    """
+
+    frame_id: int
+    room_id: bytes
+    sender: bytes
+    payload: bytes
+
+    def __repr__(self) -> str:
+        size = len(self.payload)
+        return f"StoredFrame(frame_id={self.frame_id}, payload=<{size} bytes>)"
+
+
+@dataclass(frozen=True, slots=True)
+class MailboxDepth:
+    """How much the whole store holds, for metrics."""
+
+    frames: int
+    bytes: int
+
+
+class Mailbox(Protocol):
+    """Durable store of opaque frames per recipient, plus room membership.
+
+    A mailbox is identified by ``(room_id, address)``: the address is the hash
+    of a token only its owner knows, so presenting the token (checked by the
+    relay before it calls in here) proves ownership. Every method that takes
+    an address acts only on that address's own mailbox.
+
+    Time to live: a membership record expires `ttl` seconds after the member
+    was last seen (joined or left); a frame expires `ttl` seconds after it
+    was stored. Expired records behave as absent even before `purge_expired`
+    has removed them.
+
+    Caps: a mailbox holds at most a configured number of frames and of
+    payload bytes; `store` refuses with `MailboxFull` beyond either.
+    """
+
+    async def remember(self, room_id: bytes, address: bytes) -> None:
+        """Record that `address` is a member of `room_id`, seen now.
+
+        Called on every JOIN and LEAVE, so that the membership stays valid
+        for `ttl` after the member was last seen.
+
+        Raises:
+            StorageUnavailable: the record could not be written.
+        """
+        ...
+
+    async def is_member(self, room_id: bytes, address: bytes) -> bool:
+        """Tell whether `address` joined `room_id` before and has not expired.
+
+        Only such an address is a valid recipient of a stored frame.
+
+        Raises:
+            StorageUnavailable: the store could not be read.
+        """
+        ...
+
+    async def store(
+        self, room_id: bytes, recipient: bytes, sender: bytes, payload: bytes
+    ) -> int:
+        """Keep a frame for `recipient`; return only once it is committed.
+
+        Returns:
+            The new frame's id (non-zero).
+
+        Raises:
+            MailboxFull: the recipient's mailbox is at its frame or byte cap.
+            StorageUnavailable: the frame could not be committed.
+        """
+        ...
+
+    async def fetch(
+        self, room_id: bytes, address: bytes, after: int, limit: int
+    ) -> Sequence[StoredFrame]:
+        """Return up to `limit` unexpired frames with id > `after`, oldest first.
+
+        Raises:
+            StorageUnavailable: the store could not be read.
+        """
+        ...
+
+    async def ack(self, room_id: bytes, address: bytes, frame_id: int) -> bool:
+        """Delete `frame_id` from the mailbox of `address` in `room_id` only.
+
+        Returns:
+            True if a frame was deleted; False if that mailbox has no such
+            frame (already acknowledged, expired, or someone else's).
+
+        Raises:
+            StorageUnavailable: the deletion could not be committed.
+        """
+        ...
+
+    async def purge_expired(self) -> int:
+        """Delete expired frames and memberships; return how many frames went.
+
+        Raises:
+            StorageUnavailable: the store could not be written.
+        """
+        ...
+
+    async def depth(self) -> MailboxDepth:
+        """Count the frames and payload bytes held, for metrics.
+
+        Raises:
+            StorageUnavailable: the store could not be read.
+        """
+        ...
+
+    async def check(self) -> None:
+        """Check that the store answers (for /healthz).
+
+        Raises:
+            StorageUnavailable: it does not.
+        """
+        ...
+
+    async def close(self) -> None:
+        """Finish pending writes and release the store. Idempotent."""
+        ...
+
+
+class Member(Protocol):
+    """The relay's side of one member of one room on this process.
+
+    The fan-out calls these on the relay's event loop. They queue bytes for
+    the member's connection and return at once; they never raise.
+    """
+
+    def deliver(self, frame: bytes) -> None:
+        """Hand a ready-to-send relay envelope (a DELIVER) to the member."""
+        ...
+
+    def presence(self, room_id: bytes, kind: PresenceKind, address: bytes) -> None:
+        """Tell the member that `address` joined or left `room_id`."""
+        ...
+
+    def displaced(self, room_id: bytes) -> None:
+        """Tell the member that a newer connection joined with its address.
+
+        The member is no longer in the room (no LEFT is announced for it: the
+        address is still present through the newer connection).
+        """
+        ...
+
+
+class Fanout(Protocol):
+    """Who is in which room, and live delivery of frames to them.
+
+    Members join through the relay process they are connected to; the
+    implementation tells every member of the room, on every process, about
+    joins and leaves (`Member.presence`). A process listens for a room's
+    traffic (for example a pub/sub subscription) only while it has at least
+    one local member there.
+
+    A member is identified by ``(room_id, address)``. If the same address
+    joins a room again while present (a client reconnecting before its old
+    connection was noticed gone), the newer member replaces the older one,
+    whose `Member.displaced` is called.
+    """
+
+    async def join(
+        self, room_id: bytes, address: bytes, member: Member, max_members: int
+    ) -> tuple[bytes, ...]:
+        """Add a local member and announce it to the others.
+
+        Args:
+            room_id: the room.
+            address: the member's address.
+            member: callbacks for events addressed to this member.
+            max_members: most members the room may have present.
+
+        Returns:
+            The addresses of the other members present now.
+
+        Raises:
+            RoomFull: the room has `max_members` members present.
+            StorageUnavailable: the shared state could not be reached.
+        """
+        ...
+
+    async def leave(self, room_id: bytes, address: bytes, member: Member) -> None:
+        """Remove a local member and announce that it left.
+
+        Does nothing if `member` is no longer the one registered for
+        `address` (it was displaced).
+        """
+        ...
+
+    async def send_to(self, room_id: bytes, recipient: bytes, frame: bytes) -> bool:
+        """Deliver `frame` live to one member, wherever it is connected.
+
+        Returns:
+            True if the recipient is present and the frame was handed to its
+            member; False if it is not present (the caller then stores it).
+
+        Raises:
+            StorageUnavailable: the shared state could not be reached.
+        """
+        ...
+
+    async def send_room(self, room_id: bytes, sender: bytes, frame: bytes) -> int:
+        """Deliver `frame` live to every member present except `sender`.
+
+        Returns:
+            How many members on this process were handed the frame (remote
+            members are not counted).
+
+        Raises:
+            StorageUnavailable: the shared state could not be reached.
+        """
+        ...
+
+    async def is_online(self, room_id: bytes, address: bytes) -> bool:
+        """Tell whether `address` is present in `room_id` on any process."""
+        ...
+
+    def room_count(self) -> int:
+        """How many rooms have a member on this process (for metrics)."""
+        ...
+
+    async def check(self) -> None:
+        """Check the shared state answers (for /healthz).
+
+        Raises:
+            StorageUnavailable: it does not.
+        """
+        ...
+
+    async def close(self) -> None:
+        """Stop listening and release resources. Idempotent."""
+        ...

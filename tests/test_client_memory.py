@@ -1,0 +1,256 @@
+"""The client's logic over an in-memory relay: real sessions, no sockets."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import itertools
+from collections.abc import AsyncIterator, Iterator
+from dataclasses import dataclass, field
+from typing import Any
+
+import pytest
+
+from chat.client import ChatClient, ClientEvent, CommandError
+from chat.core.identity import Identity
+from chat.core.rooms import RoomKeys
+from chat.trust import TrustStore
+from tests.client_helpers import MemoryHub
+
+ROOM = RoomKeys.from_name("memory-room")
+
+
+def _no_wait() -> Iterator[float]:
+    return itertools.repeat(0.0)
+
+
+@dataclass
+class Member:
+    client: ChatClient
+    address: bytes
+    identity: Identity
+    events: list[ClientEvent] = field(default_factory=list)
+    task: asyncio.Task[None] | None = None
+
+    def find(self, name: str, **fields: Any) -> list[dict[str, Any]]:
+        return [
+            e.fields
+            for e in self.events
+            if e.event == name and all(e.fields.get(k) == v for k, v in fields.items())
+        ]
+
+
+class Room:
+    def __init__(self) -> None:
+        self.hub = MemoryHub()
+        self.members: list[Member] = []
+        self.trust: dict[bytes, TrustStore] = {}
+
+    def join(
+        self, nick: str, address: bytes, identity: Identity | None = None
+    ) -> Member:
+        identity = identity or Identity.generate()
+        events: list[ClientEvent] = []
+        trust = self.trust.setdefault(address, TrustStore(None))
+        client = ChatClient(
+            identity=identity,
+            room=ROOM,
+            nick=nick,
+            trust=trust,
+            connect=self.hub.connector(address),
+            emit=events.append,
+            backoff=_no_wait,
+        )
+        member = Member(client, address, identity, events)
+        member.task = asyncio.create_task(client.run())
+        self.members.append(member)
+        return member
+
+    async def leave(self, member: Member) -> None:
+        await member.client.close()
+        assert member.task is not None
+        await member.task
+
+    async def close(self) -> None:
+        for member in self.members:
+            with contextlib.suppress(Exception):
+                await member.client.close()
+            if member.task is not None:
+                member.task.cancel()
+                with contextlib.suppress(BaseException):
+                    await member.task
+
+
+@pytest.fixture
+async def room() -> AsyncIterator[Room]:
+    running = Room()
+    try:
+        yield running
+    finally:
+        await running.close()
+
+
+A, B, C = b"A" * 32, b"B" * 32, b"C" * 32
+
+
+async def _pair(room: Room) -> tuple[Member, Member]:
+    alice = room.join("alice", A)
+    bob = room.join("bob", B)
+    await room.hub.settle()
+    assert alice.find("secure", peer="bob")
+    assert bob.find("secure", peer="alice")
+    return alice, bob
+
+
+async def test_two_members_chat_and_get_receipts(room: Room) -> None:
+    alice, bob = await _pair(room)
+    message_id = alice.client.send_message("hello")
+    await room.hub.settle()
+
+    assert bob.find("message", text="hello", id=message_id)
+    assert alice.find("delivered", id=message_id, to="bob", complete=True)
+    assert alice.client.undelivered() == []
+
+
+async def test_a_resent_message_is_shown_once(room: Room) -> None:
+    alice, bob = await _pair(room)
+
+    # Bob's receipt is lost, so alice resends after her next reconnect.
+    room.hub.tap = lambda sender, _to, payload: None if sender == B else payload
+    message_id = alice.client.send_message("once")
+    await room.hub.settle()
+    room.hub.tap = None
+    assert bob.find("message", text="once")
+    assert not alice.find("delivered", id=message_id)
+
+    room.hub.links[A].queue.put_nowait(None)
+    await room.hub.settle()
+
+    assert len(bob.find("message", text="once")) == 1
+    assert alice.find("delivered", id=message_id)
+    assert alice.find("reconnected")
+
+
+async def test_changed_identity_holds_frames_until_trust(room: Room) -> None:
+    alice, bob = await _pair(room)
+    await room.leave(bob)
+    await room.hub.settle()
+
+    impostor = room.join("bob", B, Identity.generate())
+    await room.hub.settle()
+    assert alice.find("alert", kind="identity-changed", peer="bob")
+    message_id = impostor.client.send_message("let me in")
+    await room.hub.settle()
+
+    assert not alice.find("message", text="let me in")
+    assert not impostor.find("delivered", id=message_id)
+    alice.client.accept_key("bob")
+    await room.hub.settle()
+    assert len(alice.find("message", text="let me in")) == 1
+    assert impostor.find("delivered", id=message_id)
+
+
+async def test_outbox_keeps_messages_until_a_peer_arrives(room: Room) -> None:
+    alice = room.join("alice", A)
+    await room.hub.settle()
+    message_id = alice.client.send_message("anyone there?")
+    await room.hub.settle()
+    assert alice.client.undelivered()[0]["id"] == message_id
+
+    bob = room.join("bob", B)
+    await room.hub.settle()
+
+    assert bob.find("message", text="anyone there?")
+    assert alice.client.undelivered() == []
+
+
+async def test_stored_frames_reach_a_member_that_reconnects(room: Room) -> None:
+    alice, bob = await _pair(room)
+    room.hub.refused.add(B)
+    room.hub.leave(B)  # bob's connection drops; his session stays
+    await room.hub.settle()
+    message_id = alice.client.send_message("stored for you")
+    await room.hub.settle()
+    stored = [frame_id for frame_id, _, _ in room.hub.mailbox[B]]
+    assert stored
+
+    room.hub.refused.discard(B)
+    await room.hub.settle()
+
+    assert bob.find("message", text="stored for you")
+    assert alice.find("delivered", id=message_id)
+    assert {(B, frame_id) for frame_id in stored} <= set(room.hub.acked)
+
+
+async def test_group_message_is_sealed_once_per_recipient(room: Room) -> None:
+    alice, bob = await _pair(room)
+    carol = room.join("carol", C)
+    await room.hub.settle()
+    seen: list[bytes] = []
+
+    def tap(sender: bytes, to: bytes, payload: bytes) -> bytes:
+        if sender == A:
+            seen.append(to)
+        return payload
+
+    room.hub.tap = tap
+
+    message_id = alice.client.send_message("to both")
+    await room.hub.settle()
+
+    assert bob.find("message", id=message_id)
+    assert carol.find("message", id=message_id)
+    assert {B, C} <= set(seen)
+    assert alice.find("delivered", id=message_id, complete=True)
+
+
+async def test_verify_compares_the_safety_number(room: Room) -> None:
+    alice, _bob = await _pair(room)
+    shown = alice.client.verify("bob")
+
+    with pytest.raises(CommandError, match="does NOT match"):
+        alice.client.verify("bob", "0" * 60)
+    confirmed = alice.client.verify("bob", shown["safety_number"])
+
+    assert shown["verified"] is False
+    assert confirmed["verified"] is True
+    assert alice.client.who()[0]["trust"] == "verified"
+
+
+async def test_keys_panel_shows_statistics_and_no_key(room: Room) -> None:
+    alice, bob = await _pair(room)
+    panel = alice.client.keys()
+
+    text = repr(panel)
+    assert panel["sessions"][0]["epoch"] == 0
+    assert bob.identity.public.key.hex() not in text
+    assert "safety_number" in panel["sessions"][0]
+
+
+async def test_a_peer_cannot_rename_itself_mid_session(room: Room) -> None:
+    alice, bob = await _pair(room)
+    session = bob.client._peers[A].session
+    assert session is not None
+    session.send_text("\x00nick mallory", 0.0)
+    bob.client._dirty.set()
+    await room.hub.settle()
+
+    assert [peer["peer"] for peer in alice.client.who()] == ["bob"]
+
+
+async def test_the_relay_sees_no_name_key_or_text(room: Room) -> None:
+    payloads: list[bytes] = []
+
+    def tap(_sender: bytes, _to: bytes, payload: bytes) -> bytes:
+        payloads.append(payload)
+        return payload
+
+    room.hub.tap = tap
+    alice, bob = await _pair(room)
+    alice.client.send_message("a secret plan")
+    await room.hub.settle()
+
+    assert bob.find("message", text="a secret plan")
+    for payload in payloads:
+        for needle in (b"alice", b"bob", b"secret plan", bob.identity.public.key):
+            assert needle not in payload
