@@ -6,16 +6,6 @@ import copy
 from functools import cache
 
 import pytest
-from core_support import (
-    ALICE,
-    BOB,
-    FAST,
-    answered,
-    established,
-    make_session,
-    pump,
-    snapshot,
-)
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -43,6 +33,16 @@ from chat.core.limits import (
     MAX_TEXT_BYTES,
     REJECT_AFTER_MESSAGES,
     REPLAY_WINDOW,
+)
+from tests.core.core_support import (
+    ALICE,
+    BOB,
+    FAST,
+    answered,
+    established,
+    make_session,
+    pump,
+    snapshot,
 )
 
 #: Byte ranges of a RECORD's fields (protocol.md section 7.1).

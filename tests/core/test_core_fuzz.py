@@ -7,13 +7,13 @@ import copy
 from collections.abc import Callable
 
 import pytest
-from core_support import ALICE, BOB, FAST, established, make_session
 from hypothesis import given
 from hypothesis import strategies as st
 
 from chat.core import PeerError, Session, frame_kind
 from chat.core.frames import parse_auth, parse_hello, parse_payload, parse_record, unpad
 from chat.core.limits import MAX_FRAME
+from tests.core.core_support import ALICE, BOB, FAST, established, make_session
 
 PARSERS: list[Callable[[bytes], object]] = [
     frame_kind,

@@ -4,16 +4,6 @@ from __future__ import annotations
 
 import nacl.bindings
 import pytest
-from core_support import (
-    ALICE,
-    BOB,
-    MALLORY,
-    answered,
-    established,
-    make_session,
-    pump,
-    snapshot,
-)
 
 from chat.core import (
     Established,
@@ -33,6 +23,16 @@ from chat.core import (
 from chat.core.frames import encode_hello
 from chat.core.limits import HANDSHAKE_JITTER, HANDSHAKE_TIMEOUT_SECONDS
 from chat.core.schedule import auth_nonce
+from tests.core.core_support import (
+    ALICE,
+    BOB,
+    MALLORY,
+    answered,
+    established,
+    make_session,
+    pump,
+    snapshot,
+)
 
 S = SessionState
 LATEST_TIMEOUT = HANDSHAKE_TIMEOUT_SECONDS * (1 + HANDSHAKE_JITTER) + 1

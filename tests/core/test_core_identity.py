@@ -7,7 +7,6 @@ import stat
 from pathlib import Path
 
 import pytest
-from core_support import ALICE, BOB
 
 from chat.core import (
     Identity,
@@ -16,6 +15,7 @@ from chat.core import (
     fingerprint_matches,
     safety_number,
 )
+from tests.core.core_support import ALICE, BOB
 
 
 def test_key_file_has_mode_0600(tmp_path: Path) -> None:

@@ -4,12 +4,11 @@ from __future__ import annotations
 
 import base64
 
-from core_support import ALICE, BOB, ROOM, established, make_session, pump
-
 from chat.core import Identity, RoomKeys, Session, TeachingEvent
 from chat.core.channel import Opened
 from chat.core.handshake import Handshake
 from chat.core.secrets import Secret
+from tests.core.core_support import ALICE, BOB, ROOM, established, make_session, pump
 
 SEED = bytes(range(100, 132))
 ROOM_SECRET = bytes(range(200, 232))

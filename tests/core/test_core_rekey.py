@@ -5,7 +5,6 @@ from __future__ import annotations
 import copy
 
 import pytest
-from core_support import established, pump
 
 from chat.core import (
     Established,
@@ -26,6 +25,7 @@ from chat.core.limits import (
     REKEY_AFTER_SECONDS,
     REKEY_RETRANSMIT_SECONDS,
 )
+from tests.core.core_support import established, pump
 
 
 def test_rekey_moves_both_sides_to_epoch_one() -> None:

@@ -2,10 +2,9 @@
 
 from __future__ import annotations
 
-from core_support import ALICE, BOB, make_session, pump
-
 from chat.core import TeachingEvent
 from chat.core.teaching import STEPS
+from tests.core.core_support import ALICE, BOB, make_session, pump
 
 
 def narrate() -> list[TeachingEvent]:
