@@ -22,7 +22,7 @@ import nacl.bindings
 import nacl.utils
 
 from chat.core import schedule
-from chat.core.channel import Channel, Opened
+from chat.core.channel import Channel, EpochKeys, Opened, record_nonce
 from chat.core.errors import (
     LocalError,
     MalformedFrame,
@@ -155,6 +155,16 @@ class SessionStats:
     received_in_epoch: int = 0
     rekeys: int = 0
     rejected: dict[str, int] = field(default_factory=dict)
+
+
+def _key_hashes(keys: EpochKeys) -> dict[str, str]:
+    """Short hashes of one epoch's two record keys, for teaching events.
+
+    Our send key is the peer's receive key, so the two sides' events show
+    that they agree on one key per direction without revealing either.
+    """
+    send = "" if keys.send_key is None else short_hash(keys.send_key.reveal())
+    return {"send_key": send, "receive_key": short_hash(keys.recv_key.reveal())}
 
 
 class _Rekey:
@@ -571,7 +581,11 @@ class Session:
         peer = handshake.verify_auth(frame, self._identity, expected)
         channel = handshake.finish(peer, self._identity, frame, self._now)
         self._seal(channel, Confirm())
-        self._teach("keys", root=short_hash(channel.root.reveal()))
+        self._teach(
+            "keys",
+            root=short_hash(channel.root.reveal()),
+            **_key_hashes(channel.epochs[0]),
+        )
         return []
 
     def _tick_handshakes(self, now: float) -> None:
@@ -683,7 +697,7 @@ class Session:
                 counter=str(int.from_bytes(frame[6:14], "big")),
                 plaintext=plaintext.hex(),
                 padded_size=str(len(frame) - 30),
-                nonce=(frame[:2] + bytes((channel.role,)) + frame[2:14]).hex(),
+                nonce=record_nonce(frame[:14], channel.role).hex(),
                 ciphertext=frame[14:].hex(),
             )
 
@@ -747,7 +761,12 @@ class Session:
         channel.install(rekey.new_epoch, root, self._now)
         ours.private, ours.installed = None, rekey.public
         self._seal(channel, Confirm(), rekey.new_epoch)
-        self._teach("rekey", epoch=str(rekey.new_epoch), root=short_hash(root))
+        self._teach(
+            "rekey",
+            epoch=str(rekey.new_epoch),
+            root=short_hash(root),
+            **_key_hashes(channel.epochs[rekey.new_epoch]),
+        )
 
     def _maybe_switch(self, channel: Channel, epoch: int) -> list[Event]:
         # An authenticated record of epoch n+1: the peer has switched, so do we.
