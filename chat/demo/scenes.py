@@ -80,6 +80,11 @@ class Demo:
         pause: awaited before each step after the first (the presenter's
             Enter), or None to run straight through.
         identities: Alice's and Bob's identities (fresh ones if None).
+        room_secret: the secret of their room (a fresh one if None).
+
+    Attributes:
+        room: the keys of the room Alice and Bob talk in (for tests).
+        failures: what went wrong, empty when every check passed.
     """
 
     def __init__(
@@ -88,12 +93,13 @@ class Demo:
         *,
         pause: Pause | None = None,
         identities: tuple[Identity, Identity] | None = None,
+        room_secret: bytes | None = None,
     ) -> None:
         self.narration = narration
         self._pause = pause
         alice, bob = identities or (Identity.generate(), Identity.generate())
         self._identities = {"alice": alice, "bob": bob}
-        self._room = RoomKeys.from_secret(RoomKeys.new_secret())
+        self.room = RoomKeys.from_secret(room_secret or RoomKeys.new_secret())
         self._changed = asyncio.Event()
         self._crossings: list[Crossing] = []
         self._people: dict[str, Person] = {}
@@ -274,9 +280,9 @@ class Demo:
         """Bob joins, then Alice; wait until both hold a confirmed session."""
         mark = self._marks()
         alice, bob = self._alice, self._bob
-        self._join(bob, self._room)
+        self._join(bob, self.room)
         await self._until("Bob to join", lambda: self._client_event(bob, "ready"))
-        self._join(alice, self._room)
+        self._join(alice, self.room)
         await self._until(
             "a secure session on both sides",
             lambda: (
@@ -600,6 +606,7 @@ class Demo:
         first = len(self._crossings)
         message_id = alice.client.send_message(SECOND_MESSAGE)
         sealed = self._sealed(alice, message_id)
+        self.narration.teach("alice", sealed)
         header = bytes.fromhex(sealed.fields["nonce"])
         header = header[:2] + header[3:15]
         index = 14 + 16 + 4  # a byte of the encrypted payload, after the tag
@@ -770,6 +777,7 @@ class Demo:
 
         message_id = await self._send(alice, bob, THIRD_MESSAGE)
         sealed = self._sealed(alice, message_id)
+        self.narration.teach("alice", sealed)
         self.narration.say("New messages travel under the new keys:")
         self.narration.value("alice", "record epoch", sealed.fields["epoch"])
         self.narration.value("bob", "reads", repr(THIRD_MESSAGE))
