@@ -2,11 +2,11 @@
 
 One `ChatClient` is one person in one room. It keeps one core `Session` per
 peer address (pairwise: a message is sealed once per recipient, protocol.md
-section 3), and it owns everything a session does not:
+section 5), and it owns everything a session does not:
 
 - the link (relay or direct), with reconnects under bounded exponential
   backoff and jitter; after a reconnect every established session is rekeyed
-  (protocol.md section 5) and every undelivered message is resent;
+  (protocol.md section 9) and every undelivered message is resent;
 - nicknames, exchanged inside the channel as a control message (a text whose
   first character is NUL, which a user cannot type) and never trusted for
   identity: the identity is the key proven in the handshake;
@@ -53,6 +53,7 @@ from chat.core.session import (
 )
 from chat.core.teaching import TeachingEvent
 from chat.limits import (
+    CLOSE_FLUSH_SECONDS,
     DEDUP_IDS_PER_PEER,
     HANDSHAKE_RETRY_LIMIT,
     HANDSHAKE_TIMEOUT_SECONDS,
@@ -66,9 +67,12 @@ from chat.limits import (
     RECONNECT_CAP_SECONDS,
     RECONNECT_FACTOR,
     RECONNECT_JITTER,
+    SEND_BURST,
+    SEND_RATE,
     TICK_SECONDS,
 )
 from chat.transport import (
+    DIRECT_PEER,
     Inbound,
     Link,
     LinkError,
@@ -202,6 +206,7 @@ class _Peer:
     started_at: float = 0.0
     failed_at: float | None = None
     failures: int = 0
+    named_in: int = -1  # generation in which the peer's nickname arrived
     held: deque[tuple[bytes, int]] = field(default_factory=deque)
     early: deque[tuple[bytes, str]] = field(default_factory=deque)
 
@@ -265,6 +270,9 @@ class ChatClient:
         self._closing = asyncio.Event()
         self._connected_once = False
         self._announced = False
+        self._lost_reason = "connection lost"
+        self._tokens = float(SEND_BURST)
+        self._refilled = clock()
         self.connection = "connecting"
         self.drained = asyncio.Event()
         self.drained.set()
@@ -380,10 +388,25 @@ class ChatClient:
             if peer.session is None:
                 continue
             for frame in peer.session.frames_to_send():
+                await self._pace()
                 await link.send(peer.address, frame)
         acks, self._acks = self._acks, []
         for frame_id in acks:
+            await self._pace()
             await link.ack(frame_id)
+
+    async def _pace(self) -> None:
+        # A token bucket under the relay's own (see chat.limits.SEND_RATE).
+        now = self._clock()
+        self._tokens = min(
+            float(SEND_BURST), self._tokens + (now - self._refilled) * SEND_RATE
+        )
+        self._refilled = now
+        if self._tokens < 1.0:
+            await asyncio.sleep((1.0 - self._tokens) / SEND_RATE)
+            self._tokens = 1.0
+            self._refilled = self._clock()
+        self._tokens -= 1.0
 
     async def _ticker(self) -> None:
         while not self._closing.is_set():
@@ -420,17 +443,21 @@ class ChatClient:
             One entry per undelivered message: id, text, and the peers that
             have not confirmed it. Also emitted as a `closed` event.
         """
+        if self._closing.is_set():
+            return self.undelivered()
+
+        # CLOSE tells each peer to drop its session now rather than time out.
         for peer in self._peers.values():
             if peer.session is not None and peer.session.state not in _DEAD:
                 with contextlib.suppress(SaltchatError):
                     peer.session.close()
         link = self._link
         if link is not None:
-            with contextlib.suppress(LinkError, Exception):
-                await asyncio.wait_for(self._flush(link), 2.0)
+            with contextlib.suppress(LinkError, TimeoutError):
+                await asyncio.wait_for(self._flush(link), CLOSE_FLUSH_SECONDS)
         self._closing.set()
         if link is not None:
-            with contextlib.suppress(Exception):
+            with contextlib.suppress(LinkError, OSError):
                 await link.close()
 
         undelivered = self.undelivered()
@@ -477,7 +504,7 @@ class ChatClient:
         self.connection = "connected"
 
         # A new link means frames may have been lost in flight: rekey every
-        # established session (protocol.md section 5) and resend whatever has
+        # established session (protocol.md section 9) and resend whatever has
         # no receipt yet. The receiver drops the duplicates by id.
         for peer in self._peers.values():
             session = peer.session
@@ -499,7 +526,7 @@ class ChatClient:
 
         # The newcomer starts the handshake (it sees us in JOINED); we start
         # too when joining ourselves, and both starting at once is fine
-        # (protocol.md section 3, simultaneous start). An established session
+        # (protocol.md section 5.4, simultaneous start). An established session
         # is kept: the peer either rekeys (it reconnected) or sends a fresh
         # HELLO (it restarted), which the core turns into PeerRestarted.
         session = peer.session
@@ -526,7 +553,11 @@ class ChatClient:
 
     def _new_session(self, peer: _Peer) -> Session:
         peer.session = Session(
-            self._identity, self._room, now=self._clock(), observer=self._observer
+            self._identity,
+            self._room,
+            now=self._clock(),
+            observer=self._observer,
+            side=self.nick,
         )
         peer.started_at = self._clock()
         peer.ready = False
@@ -570,7 +601,7 @@ class ChatClient:
 
         # A HELLO may open a session (or replace a dead one). Before our
         # session is paired only a HELLO can be valid (protocol.md section
-        # 3); anything else, such as records left in our mailbox by a
+        # 5.4); anything else, such as records left in our mailbox by a
         # session of an earlier run, is dropped quietly.
         session = peer.session
         dead = session is None or session.state in _DEAD
@@ -666,6 +697,8 @@ class ChatClient:
         # copy from the mailbox, is acknowledged again but never shown twice.
         assert peer.identity is not None
         seen = self._seen.setdefault(peer.identity.key, OrderedDict())
+        while len(self._seen) > MAX_PEERS * 4:
+            del self._seen[next(iter(self._seen))]
         if message_id in seen:
             return
         seen[message_id] = None
@@ -684,13 +717,19 @@ class ChatClient:
         )
 
     def _on_control(self, peer: _Peer, text: str) -> None:
-        if not text.startswith(_HELLO) or peer.identity is None:
-            logger.debug("ignored an unknown control message from %s", peer.label)
+        # One nickname per session: a peer cannot rename itself mid-session
+        # (nor make us pin names, and write the trust store, without end).
+        if (
+            not text.startswith(_HELLO)
+            or peer.identity is None
+            or peer.named_in == peer.generation
+        ):
+            logger.debug("ignored a control message from %s", peer.label)
             return
+        peer.named_in = peer.generation
         peer.nick = sanitize_nick(text[len(_HELLO) :])
-        slot = f"{self._room.room_id.hex()}:{peer.address.hex()}"
         try:
-            decision = self._trust.check(peer.identity.key, peer.nick, slot)
+            decision = self._trust.check(peer.identity.key, peer.nick, self._slot(peer))
         except (TrustStoreError, OSError) as exc:
             self._emit(ClientEvent("error", {"detail": f"trust store: {exc}"}))
             return
@@ -716,6 +755,13 @@ class ChatClient:
             )
             return
         self._become_ready(peer, decision.state)
+
+    def _slot(self, peer: _Peer) -> str | None:
+        # In direct mode every peer has the same stand-in address: only the
+        # name is pinned there.
+        if peer.address == DIRECT_PEER:
+            return None
+        return f"{self._room.room_id.hex()}:{peer.address.hex()}"
 
     def _become_ready(self, peer: _Peer, state: TrustState) -> None:
         assert peer.identity is not None
@@ -937,8 +983,7 @@ class ChatClient:
         peer = self._find(name)
         if peer.trust != TrustState.CHANGED or peer.identity is None:
             raise CommandError(f"{name}'s key has not changed; nothing to accept")
-        slot = f"{self._room.room_id.hex()}:{peer.address.hex()}"
-        self._trust.accept(peer.identity.key, peer.nick or peer.label, slot)
+        self._trust.accept(peer.identity.key, peer.nick or peer.label, self._slot(peer))
         self._become_ready(peer, self._trust.state_of(peer.identity.key))
 
         # Held frames are processed now, in order, and acknowledged.

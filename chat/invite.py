@@ -2,8 +2,8 @@
 
 An invite code lets someone join a room and check, with no manual
 comparison, that the person on the other side is the one who invited them: a
-relay that substitutes keys is caught (protocol.md section 3: the room secret
-keys the handshake, and the fingerprint pins the inviter's identity).
+relay that substitutes keys is caught (protocol.md sections 3.1 and 5.2: the room
+secret keys the handshake, and the fingerprint pins the inviter's identity).
 
 Layout before encoding::
 

@@ -12,6 +12,7 @@ from __future__ import annotations
 from typing import Final
 
 __all__ = [
+    "CLOSE_FLUSH_SECONDS",
     "DEDUP_IDS_PER_PEER",
     "DEFAULT_RELAY",
     "DEFAULT_ROOM",
@@ -30,6 +31,8 @@ __all__ = [
     "RECONNECT_CAP_SECONDS",
     "RECONNECT_FACTOR",
     "RECONNECT_JITTER",
+    "SEND_BURST",
+    "SEND_RATE",
     "TICK_SECONDS",
     "TRUST_FILE_MAX_BYTES",
 ]
@@ -71,6 +74,17 @@ HANDSHAKE_RETRY_LIMIT: Final = 3
 """Failed handshakes in a row with one peer before the client stops trying
 until that peer joins again (a meddling relay must not cause a loop)."""
 
+SEND_RATE: Final = 50.0
+"""Frames per second the client sends at most, on average: half the relay's
+default allowance, so that resending a full outbox after a reconnect never
+gets the connection closed for flooding (which would make it resend again)."""
+
+SEND_BURST: Final = 100
+"""Frames the client may send at once before SEND_RATE applies."""
+
+CLOSE_FLUSH_SECONDS: Final = 2.0
+"""At /quit, how long the last frames (CLOSE to each peer) may take to leave."""
+
 TICK_SECONDS: Final = 1.0
 """How often sessions are ticked (time-based rekey, handshake timeouts)."""
 
@@ -85,7 +99,7 @@ MAX_ROOM_NAME_BYTES: Final = 256
 
 MAX_INPUT_LINE_BYTES: Final = 32768 - 1 - 2 - 16
 """Longest stdin line accepted as a message: the protocol's largest text
-(see protocol.md section 4: padded plaintext of at most 32768 bytes)."""
+(see protocol.md section 7.3: padded plaintext of at most 32768 bytes)."""
 
 MAX_COMMAND_BYTES: Final = 1024
 """Longest command line (`/verify NICK 60-DIGITS` fits easily)."""

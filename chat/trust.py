@@ -1,7 +1,7 @@
 """Trust on first use: which identity key belongs to which peer.
 
 A nickname is a claim and never an identity: the identity is the peer's
-long-term key, proven in the handshake (protocol.md section 3). The trust
+long-term key, proven in the handshake (protocol.md section 5.2). The trust
 store pins, on first contact:
 
 - the identity key itself, with its state (verified or unverified);
@@ -123,13 +123,14 @@ class TrustStore:
         }
         write_private(self.path, json.dumps(data, indent=1).encode("utf-8"))
 
-    def check(self, key: bytes, name: str, slot: str) -> TrustDecision:
+    def check(self, key: bytes, name: str, slot: str | None) -> TrustDecision:
         """Check a peer's key against the pins, pinning it on first use.
 
         Args:
             key: the peer's identity public key (proven by the handshake).
             name: the nickname the peer claims.
-            slot: the peer's place, "<room id hex>:<address hex>".
+            slot: the peer's place, "<room id hex>:<address hex>", or None
+                where addresses mean nothing (direct mode).
 
         Returns:
             CHANGED (nothing pinned) when the name or the slot is pinned to
@@ -141,7 +142,7 @@ class TrustStore:
         key_hex = key.hex()
         for pinned_by, pinned in (
             ("name", self._names.get(name)),
-            ("address", self._addresses.get(slot)),
+            ("address", self._addresses.get(slot) if slot else None),
         ):
             if pinned is not None and pinned != key_hex:
                 return TrustDecision(
@@ -151,7 +152,7 @@ class TrustStore:
         self._pin(key_hex, name, slot)
         return TrustDecision(self.state_of(key))
 
-    def accept(self, key: bytes, name: str, slot: str) -> None:
+    def accept(self, key: bytes, name: str, slot: str | None) -> None:
         """Pin `key` for `name` and `slot`, replacing any earlier pin (/trust).
 
         The accepted key starts unverified: accepting a change is not the
@@ -159,12 +160,22 @@ class TrustStore:
         """
         self._pin(key.hex(), name, slot, replace=True)
 
-    def _pin(self, key_hex: str, name: str, slot: str, replace: bool = False) -> None:
+    def _pin(
+        self, key_hex: str, name: str, slot: str | None, replace: bool = False
+    ) -> None:
+        sizes = (len(self._identities), len(self._names), len(self._addresses))
+        new = (
+            key_hex not in self._identities
+            or name not in self._names
+            or bool(slot and slot not in self._addresses)
+        )
+        if new and max(sizes) >= MAX_TRUST_ENTRIES:
+            raise TrustStoreError(
+                f"trust store is full ({MAX_TRUST_ENTRIES} entries); "
+                "move trust.json aside to start again"
+            )
+
         if key_hex not in self._identities:
-            if len(self._identities) >= MAX_TRUST_ENTRIES:
-                raise TrustStoreError(
-                    f"trust store holds {MAX_TRUST_ENTRIES} identities already"
-                )
             self._identities[key_hex] = {
                 "verified": False,
                 "name": name,
@@ -172,9 +183,11 @@ class TrustStore:
             }
         if replace or name not in self._names:
             self._names[name] = key_hex
-        if replace or slot not in self._addresses:
+        if slot and (replace or slot not in self._addresses):
             self._addresses[slot] = key_hex
-        self.save()
+        after = (len(self._identities), len(self._names), len(self._addresses))
+        if replace or after != sizes:
+            self.save()
 
     def mark_verified(self, key: bytes) -> None:
         """Record that the user compared the safety number for `key`."""

@@ -15,24 +15,33 @@ awaits each send: under load, many frames share one system call.
 from __future__ import annotations
 
 import asyncio
+import struct
 from collections import deque
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 
 from websockets.asyncio.server import ServerConnection
+from websockets.protocol import State
 
-__all__ = ["BATCH_BYTES", "BatchingConnection", "Outbound"]
+__all__ = ["BATCH_BYTES", "DIRECT_BYTES", "BatchingConnection", "Outbound"]
 
-BATCH_BYTES = 256 * 1024
+BATCH_BYTES = 64 * 1024
 """Most bytes written to the socket in one batch."""
+
+DIRECT_BYTES = 4096
+"""Messages at least this large are written at once when nothing waits."""
 
 
 class BatchingConnection(ServerConnection):
     """A server connection that writes a batch of messages in one write.
 
-    websockets writes each outgoing frame with its own ``transport.write``;
-    with an empty transport buffer each of those is a system call. Joining
-    the frames queued by one `send_batch` into one write keeps the framing
-    identical and makes one system call of the batch.
+    websockets serializes and writes each outgoing frame on its own; with an
+    empty transport buffer each write is a system call. `send_batch` frames
+    the whole batch itself (server frames are unmasked and unfragmented:
+    RFC 6455 section 5.2) and hands it to the transport in one write, inside
+    websockets' own send context, which checks that the connection is open
+    and applies its flow control (drain) afterwards. Control frames
+    (pings, pongs, close) are still written by websockets, whole, between
+    batches.
     """
 
     async def send_batch(self, messages: Sequence[bytes]) -> None:
@@ -42,25 +51,42 @@ class BatchingConnection(ServerConnection):
             websockets.exceptions.ConnectionClosed: the connection is closed.
         """
         async with self.send_context():
-            for message in messages:
-                self.protocol.send_binary(message)
+            self.transport.write(b"".join(_framed(messages)))
 
-    def send_data(self) -> None:
-        """Write all pending outgoing data at once (see the class docstring)."""
-        chunks = self.protocol.data_to_send()
-        data = [chunk for chunk in chunks if chunk]
-        if data:
-            self.transport.write(data[0] if len(data) == 1 else b"".join(data))
+    def send_now(self, message: bytes) -> bool:
+        """Write one message at once if nothing else is waiting to be written.
 
-        # An empty chunk asks for the end of the stream, as in websockets.
-        if len(data) < len(chunks):
-            if self.transport.can_write_eof():
-                try:
-                    self.transport.write_eof()
-                except (OSError, RuntimeError):
-                    self.transport.close()
-            else:
-                self.transport.close()
+        Returns:
+            False, having written nothing, if the connection is not open or
+            the transport still holds unwritten data (the caller queues the
+            message for the writer, which respects flow control).
+        """
+        if (
+            self.protocol.state is not State.OPEN
+            or self.transport.get_write_buffer_size()
+        ):
+            return False
+        self.transport.write(b"".join(_framed((message,))))
+        return True
+
+
+_SHORT = struct.Struct(">BB")
+_MEDIUM = struct.Struct(">BBH")
+_LONG = struct.Struct(">BBQ")
+_BINARY_FIN = 0x82
+
+
+def _framed(messages: Sequence[bytes]) -> Iterator[bytes]:
+    """Header and payload of one final binary frame per message."""
+    for message in messages:
+        size = len(message)
+        if size < 126:
+            yield _SHORT.pack(_BINARY_FIN, size)
+        elif size < 65536:
+            yield _MEDIUM.pack(_BINARY_FIN, 126, size)
+        else:
+            yield _LONG.pack(_BINARY_FIN, 127, size)
+        yield message
 
 
 class Outbound:
@@ -78,6 +104,7 @@ class Outbound:
     __slots__ = (
         "_bytes",
         "_connection",
+        "_hot",
         "_max_bytes",
         "_max_frames",
         "_messages",
@@ -104,6 +131,7 @@ class Outbound:
         self._messages: deque[bytes] = deque()
         self._bytes = 0
         self._overflowed = False
+        self._hot = False
         self._wakeup: asyncio.Future[None] | None = None
         self._space: asyncio.Future[None] | None = None
 
@@ -130,12 +158,27 @@ class Outbound:
             self._on_overflow()
             return False
 
+        # A lone message goes out at once, saving a turn of the event loop.
+        # Small ones once per turn only: the rest of a burst is queued for the
+        # writer, which sends it in one batch. A large message gains little
+        # from sharing a system call, so it goes at once whenever it can.
+        wakeup = self._wakeup
+        idle = wakeup is not None and not wakeup.done() and not self._messages
+        direct = not self._hot or size >= DIRECT_BYTES
+        if idle and direct and self._connection.send_now(message):
+            self._hot = True
+            asyncio.get_running_loop().call_soon(self._cool)
+            self._on_sent(1, size)
+            return True
+
         self._messages.append(message)
         self._bytes += size
-        wakeup = self._wakeup
         if wakeup is not None and not wakeup.done():
             wakeup.set_result(None)
         return True
+
+    def _cool(self) -> None:
+        self._hot = False
 
     async def wait_for_space(self) -> None:
         """Wait until at most half of the byte bound is queued.

@@ -351,6 +351,8 @@ def _close_of(websocket: BatchingConnection, stopping: bool) -> Close:
     sent, received = protocol.close_sent, protocol.close_rcvd
     if sent is not None and sent.code == 1009:
         return Close("too_big", 1009, "message too big")
+    if sent is not None and sent.code == 1011 and received is None:
+        return Close("keepalive", 1011, sent.reason)
     if stopping:
         return Close("going_away", 1001, "relay stopping")
     if received is not None:

@@ -17,6 +17,8 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
+import pytest
+
 from chat.transport import (
     Inbound,
     Link,
@@ -216,6 +218,31 @@ class JsonClient:
             reader.cancel()
 
 
+async def run_chat(home: Path, *args: str) -> tuple[int, str, str]:
+    """Run `python -m chat --home HOME ARGS...` to completion (stdin empty).
+
+    Returns:
+        The exit status, stdout and stderr.
+    """
+    process = await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-m",
+        "chat",
+        "--home",
+        str(home),
+        *args,
+        stdin=asyncio.subprocess.DEVNULL,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+        env=child_env(),
+        cwd=ROOT,
+    )
+    async with asyncio.timeout(DEADLINE):
+        out, err = await process.communicate()
+    assert process.returncode is not None
+    return process.returncode, out.decode(), err.decode()
+
+
 class Cluster:
     """Starts relays and clients for one test and kills them all at the end."""
 
@@ -245,6 +272,16 @@ class Cluster:
         for relay in self.relays:
             if relay.process.returncode is None:
                 await relay.kill()
+
+
+@pytest.fixture(name="cluster")
+async def cluster_fixture(tmp_path: Path) -> AsyncIterator[Cluster]:
+    """Relays and clients for one test, all killed at its end."""
+    running = Cluster(tmp_path)
+    try:
+        yield running
+    finally:
+        await running.close()
 
 
 class MemoryLink:

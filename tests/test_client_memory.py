@@ -225,3 +225,32 @@ async def test_keys_panel_shows_statistics_and_no_key(room: Room) -> None:
     assert panel["sessions"][0]["epoch"] == 0
     assert bob.identity.public.key.hex() not in text
     assert "safety_number" in panel["sessions"][0]
+
+
+async def test_a_peer_cannot_rename_itself_mid_session(room: Room) -> None:
+    alice, bob = await _pair(room)
+    session = bob.client._peers[A].session
+    assert session is not None
+    session.send_text("\x00nick mallory", 0.0)
+    bob.client._dirty.set()
+    await room.hub.settle()
+
+    assert [peer["peer"] for peer in alice.client.who()] == ["bob"]
+
+
+async def test_the_relay_sees_no_name_key_or_text(room: Room) -> None:
+    payloads: list[bytes] = []
+
+    def tap(_sender: bytes, _to: bytes, payload: bytes) -> bytes:
+        payloads.append(payload)
+        return payload
+
+    room.hub.tap = tap
+    alice, bob = await _pair(room)
+    alice.client.send_message("a secret plan")
+    await room.hub.settle()
+
+    assert bob.find("message", text="a secret plan")
+    for payload in payloads:
+        for needle in (b"alice", b"bob", b"secret plan", bob.identity.public.key):
+            assert needle not in payload

@@ -5,6 +5,7 @@ from __future__ import annotations
 import importlib.util
 import io
 import itertools
+import re
 import stat
 from pathlib import Path
 
@@ -335,3 +336,34 @@ def test_over_long_stdin_line_is_skipped_with_one_error() -> None:
 
 def test_line_of_exactly_the_limit_is_kept() -> None:
     assert _lines(b"x" * 10 + b"\n") == [b"x" * 10, None]
+
+
+def test_without_an_address_only_the_name_is_pinned() -> None:
+    store = TrustStore(None)
+    store.check(b"k" * 32, "bob", None)
+    assert store.check(b"x" * 32, "carol", None).state == TrustState.UNVERIFIED
+    assert store.check(b"x" * 32, "bob", None).state == TrustState.CHANGED
+
+
+def test_trust_store_is_bounded(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr("chat.trust.MAX_TRUST_ENTRIES", 2)
+    store = TrustStore(None)
+    store.check(b"a" * 32, "a", None)
+    store.check(b"b" * 32, "b", None)
+    with pytest.raises(TrustStoreError, match="full"):
+        store.check(b"c" * 32, "c", None)
+
+
+def test_every_emitted_event_is_documented_in_the_json_contract() -> None:
+    root = Path(__file__).resolve().parents[1]
+    source = "\n".join(
+        path.read_text()
+        for path in (root / "chat").rglob("*.py")
+        if "core" not in path.parts
+    )
+    emitted = set(re.findall(r'ClientEvent\(\s*"([a-z-]+)"', source))
+    emitted |= set(re.findall(r'_reply\("([a-z-]+)"', source))
+    contract = (root / "docs" / "cli.md").read_text().split("## The JSON contract")[1]
+    documented = set(re.findall(r"^\| `([a-z-]+)` \|", contract, re.MULTILINE))
+
+    assert emitted == documented

@@ -8,7 +8,8 @@ the session has also parsed the payload.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import struct
+from typing import NamedTuple
 
 import nacl.bindings
 import nacl.exceptions
@@ -23,7 +24,14 @@ from chat.core.errors import (
     ReplayedFrame,
     StaleFrame,
 )
-from chat.core.frames import encode_record_header, pad, parse_record, unpad
+from chat.core.frames import (
+    TYPE_RECORD,
+    VERSION,
+    encode_record_header,
+    pad,
+    parse_record,
+    unpad,
+)
 from chat.core.limits import (
     PREVIOUS_EPOCH_GRACE_SECONDS,
     REJECT_AFTER_MESSAGES,
@@ -37,49 +45,41 @@ __all__ = [
     "EpochKeys",
     "Opened",
     "ReplayWindow",
-    "frame_digest",
     "record_nonce",
 ]
 
-_DIGEST_SIZE = 16
-_NONCE_TAIL = bytes(9)
+_TAG_SIZE = 16
+_NONCE = struct.Struct(">BBBIQ9x")
 _seal = nacl.bindings.crypto_secretbox_easy
 _open = nacl.bindings.crypto_secretbox_open_easy
-_blake2b = nacl.bindings.crypto_generichash_blake2b_salt_personal
-_DIGEST_PERSON = b"sc1-replay"
 
 
-def record_nonce(header: bytes, sender_role: int) -> bytes:
+def record_nonce(epoch: int, counter: int, sender_role: int) -> bytes:
     """0x01 || 0x03 || sender_role || epoch u32 || counter u64 || 9 zeros.
 
     Every header byte is in the nonce, so SecretBox authenticates the header
     without associated data (section 7.2).
     """
-    return header[:2] + bytes((sender_role,)) + header[2:] + _NONCE_TAIL
-
-
-def frame_digest(frame: bytes) -> bytes:
-    """BLAKE2b-128 of a whole frame, kept per counter to tell replay apart."""
-    return _blake2b(frame, digest_size=_DIGEST_SIZE, person=_DIGEST_PERSON)
+    return _NONCE.pack(VERSION, TYPE_RECORD, sender_role, epoch, counter)
 
 
 class ReplayWindow:
-    """RFC 6479-style bitmap of REPLAY_WINDOW bits plus a digest ring.
+    """RFC 6479-style bitmap of REPLAY_WINDOW bits plus a ring of tags.
 
     Counter ``c`` lives at position ``c mod W``. A counter at or below
     ``highest - W`` is too old; positions between the old and the new highest
     are cleared when the window slides (section 8).
     """
 
-    __slots__ = ("_bits", "_digests", "highest")
+    __slots__ = ("_bits", "_tags", "highest")
 
     def __init__(self) -> None:
         self.highest = -1
         self._bits = bytearray(REPLAY_WINDOW // 8)
-        self._digests = bytearray(REPLAY_WINDOW * _DIGEST_SIZE)
+        self._tags = bytearray(REPLAY_WINDOW * _TAG_SIZE)
 
     def seen(self, counter: int) -> bytes | None:
-        """Return the digest stored for ``counter`` if it was accepted, else None.
+        """Return the tag stored for ``counter`` if it was accepted, else None.
 
         Raises:
             StaleFrame: ``counter`` is older than the window.
@@ -94,16 +94,20 @@ class ReplayWindow:
         slot = counter % REPLAY_WINDOW
         if not self._bits[slot >> 3] & (1 << (slot & 7)):
             return None
-        return bytes(self._digests[slot * _DIGEST_SIZE : (slot + 1) * _DIGEST_SIZE])
+        return bytes(self._tags[slot * _TAG_SIZE : (slot + 1) * _TAG_SIZE])
 
-    def commit(self, counter: int, digest: bytes) -> None:
+    def commit(self, counter: int, tag: bytes) -> None:
         """Mark ``counter`` accepted; call only after it authenticated."""
+        # Sliding forward frees the slots of the counters skipped over; the
+        # slot of ``counter`` itself is overwritten below.
         if counter > self.highest:
-            self._clear(self.highest + 1, counter)
+            if counter > self.highest + 1:
+                self._clear(self.highest + 1, counter - 1)
             self.highest = counter
         slot = counter % REPLAY_WINDOW
         self._bits[slot >> 3] |= 1 << (slot & 7)
-        self._digests[slot * _DIGEST_SIZE : (slot + 1) * _DIGEST_SIZE] = digest
+        start = slot * _TAG_SIZE
+        self._tags[start : start + _TAG_SIZE] = tag
 
     def _clear(self, first: int, last: int) -> None:
         # Slots of counters first..last held counters that just left the window.
@@ -147,14 +151,13 @@ class EpochKeys:
         )
 
 
-@dataclass(frozen=True, slots=True)
-class Opened:
+class Opened(NamedTuple):
     """A record that authenticated, not yet accepted into the window."""
 
     epoch: int
     counter: int
     plaintext: bytes
-    digest: bytes
+    tag: bytes
 
     def __repr__(self) -> str:
         return f"<Opened epoch={self.epoch} counter={self.counter} redacted>"
@@ -202,9 +205,9 @@ class Channel:
         # The counter only grows; it is consumed before sealing (section 7.2).
         counter = keys.send_counter
         keys.send_counter = counter + 1
-        header = encode_record_header(keys.epoch, counter)
-        nonce = record_nonce(header, self.role)
-        return header + _seal(pad(payload), nonce, keys.send_key.reveal())
+        nonce = record_nonce(keys.epoch, counter, self.role)
+        box = _seal(pad(payload), nonce, keys.send_key.reveal())
+        return encode_record_header(keys.epoch, counter) + box
 
     def open(self, frame: bytes, now: float) -> Opened:
         """Check and decrypt a record without changing any state (section 7.5).
@@ -214,38 +217,45 @@ class Channel:
             StaleFrame, FutureEpoch: no receive key for that epoch.
             ReplayedFrame, NonceReuse, ForgedFrame, ReflectedFrame.
         """
-        record = parse_record(frame)
-        if record.counter >= REJECT_AFTER_MESSAGES:
-            raise MalformedFrame(f"counter {record.counter} is past the limit")
-        keys = self._receiving(record.epoch, now)
-        stored = keys.window.seen(record.counter)
-        digest = frame_digest(frame)
-        nonce = record_nonce(record.header, self.peer_role)
-
-        # A counter already accepted: same bytes is a replay, other bytes that
-        # still authenticate mean the peer sealed twice under one nonce.
+        epoch, counter, box = parse_record(frame)
+        if counter >= REJECT_AFTER_MESSAGES:
+            raise MalformedFrame(f"counter {counter} is past the limit")
+        keys = self._receiving(epoch, now)
+        stored = keys.window.seen(counter)
+        nonce = record_nonce(epoch, counter, self.peer_role)
         if stored is not None:
-            if nacl.bindings.sodium_memcmp(stored, digest):
-                raise ReplayedFrame(
-                    f"record {record.epoch}/{record.counter} was already accepted"
-                )
-            self._decrypt(record.box, nonce, keys.recv_key)
-            raise NonceReuse(
-                f"two different records authenticated as {record.epoch}/"
-                f"{record.counter}: the peer reused a nonce"
-            )
+            self._seen_before(box, nonce, keys, stored, f"{epoch}/{counter}")
 
         try:
-            padded = self._decrypt(record.box, nonce, keys.recv_key)
-        except ForgedFrame:
-            self._check_reflection(record.header, record.box, keys)
-            raise
-        return Opened(record.epoch, record.counter, unpad(padded), digest)
+            padded = _open(box, nonce, keys.recv_key.reveal())
+        except nacl.exceptions.CryptoError as exc:
+            self._check_reflection(epoch, counter, box, keys)
+            raise ForgedFrame("record does not authenticate") from exc
+        return Opened(epoch, counter, unpad(padded), box[:_TAG_SIZE])
+
+    def _seen_before(
+        self, box: bytes, nonce: bytes, keys: EpochKeys, stored: bytes, name: str
+    ) -> None:
+        """Classify a record whose counter was already accepted (section 8).
+
+        The ring holds the tag of the accepted record. A frame that opens
+        with the same tag is that record again; one that opens with another
+        tag is a second plaintext sealed under the same nonce.
+        """
+        try:
+            _open(box, nonce, keys.recv_key.reveal())
+        except nacl.exceptions.CryptoError as exc:
+            raise ForgedFrame(f"record {name} does not authenticate") from exc
+        if nacl.bindings.sodium_memcmp(stored, box[:_TAG_SIZE]):
+            raise ReplayedFrame(f"record {name} was already accepted")
+        raise NonceReuse(
+            f"two different records authenticated as {name}: the peer reused a nonce"
+        )
 
     def accept(self, opened: Opened) -> None:
         """Move the window for a record whose payload the session accepted."""
         keys = self.epochs[opened.epoch]
-        keys.window.commit(opened.counter, opened.digest)
+        keys.window.commit(opened.counter, opened.tag)
         keys.received += 1
 
     def _receiving(self, epoch: int, now: float) -> EpochKeys:
@@ -256,20 +266,16 @@ class Channel:
             raise FutureEpoch(f"no keys for epoch {epoch} yet")
         raise StaleFrame(f"epoch {epoch} is forgotten")
 
-    @staticmethod
-    def _decrypt(box: bytes, nonce: bytes, key: Secret) -> bytes:
-        try:
-            return _open(box, nonce, key.reveal())
-        except nacl.exceptions.CryptoError as exc:
-            raise ForgedFrame("record does not authenticate") from exc
-
-    def _check_reflection(self, header: bytes, box: bytes, keys: EpochKeys) -> None:
+    def _check_reflection(
+        self, epoch: int, counter: int, box: bytes, keys: EpochKeys
+    ) -> None:
         # Only on the failure path: does it open as one of our own records?
         if keys.send_key is None:
             return
+        nonce = record_nonce(epoch, counter, self.role)
         try:
-            self._decrypt(box, record_nonce(header, self.role), keys.send_key)
-        except ForgedFrame:
+            _open(box, nonce, keys.send_key.reveal())
+        except nacl.exceptions.CryptoError:
             return
         raise ReflectedFrame("one of our own records was sent back to us")
 

@@ -8,6 +8,7 @@ it was.
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 
 import nacl.bindings
@@ -22,20 +23,34 @@ from chat.core.identity import Identity, PublicIdentity
 from chat.core.rooms import RoomKeys
 from chat.core.secrets import Secret, short_hash
 
-__all__ = ["Handshake", "Pairing"]
+__all__ = ["AuthSecrets", "Handshake", "Pairing"]
+
+
+@dataclass(frozen=True, slots=True)
+class AuthSecrets:
+    """hs and the two AUTH keys; erased once root_0 exists (section 6.2)."""
+
+    hs: Secret
+    k_auth_own: Secret
+    k_auth_peer: Secret
+
+    def __repr__(self) -> str:
+        return "<AuthSecrets redacted>"
 
 
 @dataclass(frozen=True, slots=True)
 class Pairing:
-    """Everything derived from the peer's ephemeral, computed before commit."""
+    """Everything derived from the peer's ephemeral, computed before commit.
+
+    Attributes:
+        secrets: None once the handshake finished and erased them.
+    """
 
     peer_ephemeral: bytes
     role: int
     th: bytes
-    hs: Secret
-    k_auth_own: Secret
-    k_auth_peer: Secret
     shared_hash: str
+    secrets: AuthSecrets | None
 
     def __repr__(self) -> str:
         return f"<Pairing role={self.role} secrets redacted>"
@@ -72,11 +87,7 @@ class Handshake:
 
     def hello(self, echo: bytes | None = None) -> bytes:
         """Our HELLO, answering ``echo`` or starting afresh (section 5.1)."""
-        return (
-            encode_hello(self.ephemeral)
-            if echo is None
-            else encode_hello(self.ephemeral, echo)
-        )
+        return encode_hello(self.ephemeral, bytes(32) if echo is None else echo)
 
     def prepare_pairing(self, peer_ephemeral: bytes, room: RoomKeys) -> Pairing:
         """Derive th, hs and the AUTH keys for ``peer_ephemeral`` (section 6.1).
@@ -98,15 +109,8 @@ class Handshake:
         hs = schedule.handshake_secret(room.room_key.reveal(), shared, th)
         k_lo, k_hi = schedule.auth_keys(hs)
         own, peer = (k_lo, k_hi) if role == schedule.LO else (k_hi, k_lo)
-        return Pairing(
-            peer_ephemeral,
-            role,
-            th,
-            Secret(hs),
-            Secret(own),
-            Secret(peer),
-            short_hash(shared),
-        )
+        secrets = AuthSecrets(Secret(hs), Secret(own), Secret(peer))
+        return Pairing(peer_ephemeral, role, th, short_hash(shared), secrets)
 
     def commit_pairing(self, pairing: Pairing) -> None:
         """Adopt a pairing; our ephemeral private key is erased (section 6.1)."""
@@ -115,13 +119,13 @@ class Handshake:
 
     def auth(self, identity: Identity) -> bytes:
         """AUTH = 0x01 || 0x02 || SecretBox(k_auth_own)(ik || sig) (section 5.2)."""
-        pairing = self._paired()
+        pairing, secrets = self._paired()
         signed = schedule.auth_signed_message(
             pairing.role, pairing.th, identity.public.key
         )
         plaintext = identity.public.key + identity.sign(signed)
         box = nacl.bindings.crypto_secretbox_easy(
-            plaintext, schedule.auth_nonce(pairing.role), pairing.k_auth_own.reveal()
+            plaintext, schedule.auth_nonce(pairing.role), secrets.k_auth_own.reveal()
         )
         return bytes((VERSION, TYPE_AUTH)) + box
 
@@ -140,10 +144,10 @@ class Handshake:
                 is our own (fatal: the sender knows the room key).
             KeyChanged: a valid AUTH from an identity other than ``expected``.
         """
-        pairing = self._paired()
+        pairing, secrets = self._paired()
         box = parse_auth(frame)
         peer_role = pairing.role ^ 1
-        plaintext = self._open_auth(box, peer_role, pairing)
+        plaintext = self._open_auth(box, pairing.role, secrets)
 
         peer_key, signature = plaintext[:32], plaintext[32:]
         signed = schedule.auth_signed_message(peer_role, pairing.th, peer_key)
@@ -163,10 +167,11 @@ class Handshake:
             )
         return peer
 
-    def _open_auth(self, box: bytes, peer_role: int, pairing: Pairing) -> bytes:
+    @staticmethod
+    def _open_auth(box: bytes, role: int, secrets: AuthSecrets) -> bytes:
         try:
             return nacl.bindings.crypto_secretbox_open_easy(
-                box, schedule.auth_nonce(peer_role), pairing.k_auth_peer.reveal()
+                box, schedule.auth_nonce(role ^ 1), secrets.k_auth_peer.reveal()
             )
         except nacl.exceptions.CryptoError:
             pass
@@ -174,7 +179,7 @@ class Handshake:
         # Failure path only: is it our own AUTH reflected back to us?
         try:
             nacl.bindings.crypto_secretbox_open_easy(
-                box, schedule.auth_nonce(pairing.role), pairing.k_auth_own.reveal()
+                box, schedule.auth_nonce(role), secrets.k_auth_own.reveal()
             )
         except nacl.exceptions.CryptoError as exc:
             raise ForgedFrame(
@@ -186,29 +191,21 @@ class Handshake:
         self, peer: PublicIdentity, identity: Identity, frame: bytes, now: float
     ) -> Channel:
         """Derive root_0, open the channel, erase hs and the AUTH keys (6.2)."""
-        pairing = self._paired()
+        pairing, secrets = self._paired()
         own = identity.public.key
         ik_lo, ik_hi = (
             (own, peer.key) if pairing.role == schedule.LO else (peer.key, own)
         )
         th2 = schedule.transcript_hash2(pairing.th, ik_lo, ik_hi)
-        root = schedule.root_key(pairing.hs.reveal(), th2)
+        root = schedule.root_key(secrets.hs.reveal(), th2)
 
         self.peer = peer
         self.peer_auth = frame
         self.channel = Channel(pairing.role, root, now)
-        self.pairing = Pairing(
-            pairing.peer_ephemeral,
-            pairing.role,
-            pairing.th,
-            Secret(b""),
-            Secret(b""),
-            Secret(b""),
-            pairing.shared_hash,
-        )
+        self.pairing = dataclasses.replace(pairing, secrets=None)
         return self.channel
 
-    def _paired(self) -> Pairing:
-        if self.pairing is None:
-            raise RuntimeError("this handshake is not paired yet")
-        return self.pairing
+    def _paired(self) -> tuple[Pairing, AuthSecrets]:
+        if self.pairing is None or self.pairing.secrets is None:
+            raise RuntimeError("this handshake is not paired, or already finished")
+        return self.pairing, self.pairing.secrets

@@ -13,6 +13,7 @@ one moves it to FAILED and erases its keys.
 
 from __future__ import annotations
 
+import contextlib
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -24,6 +25,7 @@ import nacl.utils
 from chat.core import schedule
 from chat.core.channel import Channel, EpochKeys, Opened, record_nonce
 from chat.core.errors import (
+    CounterExhausted,
     LocalError,
     MalformedFrame,
     MessageTooLarge,
@@ -58,6 +60,7 @@ from chat.core.limits import (
     MAX_FRAME,
     MAX_TEXT_BYTES,
     RECENT_HELLOS,
+    REJECT_AFTER_MESSAGES,
     REJECT_AFTER_SECONDS,
     REKEY_AFTER_MESSAGES,
     REKEY_AFTER_SECONDS,
@@ -414,7 +417,8 @@ class Session:
         return handshake
 
     def _start(self, _arg: object = None) -> list[Event]:
-        self._teach("identity", fingerprint=self._identity.public.fingerprint())
+        if self._observer is not None:
+            self._teach("identity", fingerprint=self._identity.public.fingerprint())
         self._live = self._new_handshake()
         self._send_hello(self._live, None)
         return []
@@ -440,13 +444,15 @@ class Session:
             self._send_hello(handshake, hello.ephemeral)
         self._outbox.append(handshake.auth(self._identity))
         self._teach("shared-secret", dh=pairing.shared_hash, role=str(pairing.role))
-        self._teach(
-            "keys",
-            transcript=pairing.th.hex(),
-            k_auth_own=short_hash(pairing.k_auth_own.reveal()),
-            k_auth_peer=short_hash(pairing.k_auth_peer.reveal()),
-        )
-        self._teach("auth", identity=self._identity.public.fingerprint())
+        if self._observer is not None and pairing.secrets is not None:
+            self._teach(
+                "keys",
+                transcript=pairing.th.hex(),
+                k_auth_own=short_hash(pairing.secrets.k_auth_own.reveal()),
+                k_auth_peer=short_hash(pairing.secrets.k_auth_peer.reveal()),
+            )
+        if self._observer is not None:
+            self._teach("auth", identity=self._identity.public.fingerprint())
 
     def _check_hello(self, frame: object) -> Hello:
         assert isinstance(frame, bytes)
@@ -581,11 +587,12 @@ class Session:
         peer = handshake.verify_auth(frame, self._identity, expected)
         channel = handshake.finish(peer, self._identity, frame, self._now)
         self._seal(channel, Confirm())
-        self._teach(
-            "keys",
-            root=short_hash(channel.root.reveal()),
-            **_key_hashes(channel.epochs[0]),
-        )
+        if self._observer is not None:
+            self._teach(
+                "keys",
+                root=short_hash(channel.root.reveal()),
+                **_key_hashes(channel.epochs[0]),
+            )
         return []
 
     def _tick_handshakes(self, now: float) -> None:
@@ -631,13 +638,14 @@ class Session:
             handshake = candidate
 
         payload = parse_payload(opened.plaintext)
-        self._teach(
-            "open",
-            epoch=str(opened.epoch),
-            counter=str(opened.counter),
-            padded_size=str(len(frame) - 30),
-            plaintext=opened.plaintext.hex(),
-        )
+        if self._observer is not None:
+            self._teach(
+                "open",
+                epoch=str(opened.epoch),
+                counter=str(opened.counter),
+                padded_size=str(len(frame) - 30),
+                plaintext=opened.plaintext.hex(),
+            )
         return handshake, opened, payload
 
     def _confirm(self, handshake: Handshake) -> list[Event]:
@@ -658,7 +666,9 @@ class Session:
 
     def _deliver(self, channel: Channel, epoch: int, payload: Payload) -> list[Event]:
         if isinstance(payload, Text):
-            self._seal(channel, Receipt(payload.message_id))
+            # An exhausted epoch loses the receipt, never the message.
+            with contextlib.suppress(CounterExhausted):
+                self._seal(channel, Receipt(payload.message_id))
             return [MessageReceived(payload.message_id, payload.text)]
         if isinstance(payload, Receipt):
             return [ReceiptReceived(payload.message_id)]
@@ -697,7 +707,11 @@ class Session:
                 counter=str(int.from_bytes(frame[6:14], "big")),
                 plaintext=plaintext.hex(),
                 padded_size=str(len(frame) - 30),
-                nonce=record_nonce(frame[:14], channel.role).hex(),
+                nonce=record_nonce(
+                    int.from_bytes(frame[2:6], "big"),
+                    int.from_bytes(frame[6:14], "big"),
+                    channel.role,
+                ).hex(),
                 ciphertext=frame[14:].hex(),
             )
 
@@ -708,11 +722,17 @@ class Session:
         if self._rekey is not None or channel is None:
             return []
         new_epoch = channel.send_epoch + 1
-        self._rekey = _Rekey(
+        rekey = _Rekey(
             new_epoch, self._random(32), self._now + REKEY_RETRANSMIT_SECONDS
         )
-        self._seal(channel, Rekey(new_epoch, self._rekey.public))
-        self._teach("rekey", epoch=str(new_epoch), public=self._rekey.public.hex())
+
+        # An epoch that can seal no more cannot rekey: tick() re-handshakes.
+        try:
+            self._seal(channel, Rekey(new_epoch, rekey.public))
+        except CounterExhausted:
+            return []
+        self._rekey = rekey
+        self._teach("rekey", epoch=str(new_epoch), public=rekey.public.hex())
         return []
 
     def _check_rekey(self, channel: Channel, epoch: int, rekey: Rekey) -> None:
@@ -747,7 +767,8 @@ class Session:
         if self._rekey is None:
             self._start_rekey()
         ours = self._rekey
-        assert ours is not None and ours.private is not None
+        if ours is None or ours.private is None:
+            return
 
         # Both keys known: derive root_{n+1}, install its keys, confirm it.
         try:
@@ -761,12 +782,13 @@ class Session:
         channel.install(rekey.new_epoch, root, self._now)
         ours.private, ours.installed = None, rekey.public
         self._seal(channel, Confirm(), rekey.new_epoch)
-        self._teach(
-            "rekey",
-            epoch=str(rekey.new_epoch),
-            root=short_hash(root),
-            **_key_hashes(channel.epochs[rekey.new_epoch]),
-        )
+        if self._observer is not None:
+            self._teach(
+                "rekey",
+                epoch=str(rekey.new_epoch),
+                root=short_hash(root),
+                **_key_hashes(channel.epochs[rekey.new_epoch]),
+            )
 
     def _maybe_switch(self, channel: Channel, epoch: int) -> list[Event]:
         # An authenticated record of epoch n+1: the peer has switched, so do we.
@@ -783,9 +805,14 @@ class Session:
     def _tick_rekey(self, channel: Channel, now: float) -> None:
         sending = channel.sending
         age = now - sending.started
-        if age >= REJECT_AFTER_SECONDS and self._candidate is None:
-            self._candidate = self._new_handshake()
-            self._send_hello(self._candidate, None)
+        exhausted = sending.send_counter >= REJECT_AFTER_MESSAGES
+
+        # Too old or used up: only a fresh handshake helps (section 9.4).
+        if age >= REJECT_AFTER_SECONDS or exhausted:
+            if self._candidate is None:
+                self._candidate = self._new_handshake()
+                self._send_hello(self._candidate, None)
+            return
         if sending.send_counter >= REKEY_AFTER_MESSAGES or age >= REKEY_AFTER_SECONDS:
             self._start_rekey()
 
@@ -793,7 +820,8 @@ class Session:
         ours = self._rekey
         if ours is not None and now >= ours.retransmit_at:
             ours.retransmit_at = now + REKEY_RETRANSMIT_SECONDS
-            self._seal(channel, Rekey(ours.new_epoch, ours.public))
+            with contextlib.suppress(CounterExhausted):
+                self._seal(channel, Rekey(ours.new_epoch, ours.public))
             if ours.installed is not None:
                 self._seal(channel, Confirm(), ours.new_epoch)
 
@@ -808,5 +836,7 @@ class Session:
         self.stats.received_in_epoch = channel.sending.received
 
     def _teach(self, step: str, **fields: str) -> None:
+        # Callers guard fields that cost work (fingerprints, hashes) with the
+        # same test, so a session without an observer pays nothing for them.
         if self._observer is not None:
             self._observer(TeachingEvent(step, self._side, fields))

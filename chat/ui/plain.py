@@ -69,9 +69,11 @@ def _secure(f: dict[str, Any]) -> str:
 
 
 def _verify(f: dict[str, Any]) -> str:
-    state = "verified" if f["verified"] else "not verified yet"
+    if f["verified"]:
+        return f"{f['peer']} is verified; safety number:\n  {f['safety_number']}"
     return (
-        f"safety number with {f['peer']} ({state}):\n  {f['safety_number']}\n"
+        f"safety number with {f['peer']} (not verified yet):\n"
+        f"  {f['safety_number']}\n"
         f"compare it with {f['peer']} out of band, then: /verify {f['peer']} yes"
     )
 

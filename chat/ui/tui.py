@@ -90,7 +90,7 @@ class SaltchatApp(App[int]):
         """Status line, messages and peers, security panel, input."""
         yield Static("connecting...", id="status")
         with Horizontal(id="main"):
-            yield RichLog(id="messages", wrap=True, markup=True)
+            yield RichLog(id="messages", wrap=True, markup=True, min_width=20)
             with Vertical(id="peers"):
                 yield Static("[b]peers[/]\n(nobody yet)", id="peer-list")
         yield Static("", id="keys")
