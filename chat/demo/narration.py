@@ -141,6 +141,12 @@ class TextSink:
 
     def __call__(self, record: Record) -> None:
         """Show one record (``teach`` records are for JSON only)."""
+        if self._console is not None and record["type"] == "step":
+            # On a terminal a step opens with a rule across the width.
+            title = describe(record)[1][1]
+            self._console.print()
+            self._console.rule(Text(title, style="bold"), align="left", style="dim")
+            return
         for style, text in describe(record):
             self.write(style, text)
 

@@ -461,7 +461,7 @@ class Demo:
         return message_id
 
     def _sealed(self, person: Person, message_id: str) -> TeachingEvent:
-        # A TEXT payload is 0x01 0x02 message_id[16] text (protocol.md section 7).
+        # A TEXT payload is 0x01 0x02 message_id[16] text (protocol.md section 7.4).
         for event in person.teaching:
             if event.step == "seal" and event.fields["plaintext"][4:36] == message_id:
                 return event
