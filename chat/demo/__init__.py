@@ -16,6 +16,7 @@ import argparse
 import asyncio
 import logging
 import sys
+import threading
 from collections.abc import Sequence
 
 from chat.demo.narration import JsonSink, Narration, Sink, TextSink
@@ -67,13 +68,31 @@ def _pacing(args: argparse.Namespace) -> Pause | None:
     finished = False
 
     async def wait_for_enter(_step: int) -> None:
-        # Read in a thread: the relay and the clients keep running meanwhile.
         nonlocal finished
         if not finished:
-            line = await asyncio.to_thread(sys.stdin.readline)
-            finished = line == ""
+            finished = await _read_line() == ""
 
     return wait_for_enter
+
+
+async def _read_line() -> str:
+    """Read one line of stdin while the relay and the clients keep running.
+
+    A daemon thread, not the default executor: Ctrl-C during a pause must
+    end the demo at once, not wait for a line that never comes.
+    """
+    loop = asyncio.get_running_loop()
+    line: asyncio.Future[str] = loop.create_future()
+
+    def deliver(text: str) -> None:
+        if not line.done():
+            line.set_result(text)
+
+    def read() -> None:
+        loop.call_soon_threadsafe(deliver, sys.stdin.readline())
+
+    threading.Thread(target=read, name="demo-enter", daemon=True).start()
+    return await line
 
 
 def main(argv: Sequence[str] | None = None) -> int:
