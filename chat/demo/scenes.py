@@ -31,7 +31,7 @@ from chat.core.limits import PREVIOUS_EPOCH_GRACE_SECONDS
 from chat.core.rooms import RoomKeys
 from chat.core.teaching import TeachingEvent
 from chat.demo.narration import Narration
-from chat.demo.tap import Crossing, KeySwapper, Tap, flip_bit
+from chat.demo.tap import BitFlipper, Crossing, KeySwapper, Tap
 from chat.transport import connect_relay
 from chat.trust import TrustStore
 from server.config import RelayConfig
@@ -489,7 +489,27 @@ class Demo:
         sealed = self._sealed(alice, message_id)
         self.narration.teach("alice", sealed)
         self._teach_all(mark, {"open"})
+        self._show_sealed(sealed)
 
+        self.narration.say(
+            "The relay sees only the sealed record: the header (version, type, "
+            "epoch, counter) in the clear, then 272 bytes it cannot read (the "
+            "16-byte tag and the encrypted padded payload)."
+        )
+        delivered = self._delivered(bob, sealed)
+        self._relay_record(delivered)
+        self._message = delivered
+        self.narration.say(
+            "Bob opens it with his receiving key (equal to Alice's sending "
+            "key), checks the tag, removes the padding and reads:"
+        )
+        shown = [e for e in bob.events if e.event == "message"][-1].fields["text"]
+        self.narration.value("bob", "text", repr(shown))
+        if not self.narration.check("message text", FIRST_MESSAGE, shown):
+            self.failures.append("Bob did not read what Alice wrote")
+
+    def _show_sealed(self, sealed: TeachingEvent) -> None:
+        """Show what Alice's core sealed: the teaching output shows it on purpose."""
         plaintext = bytes.fromhex(sealed.fields["plaintext"])
         padded_size = int(sealed.fields["padded_size"])
         padded = plaintext + b"\x80" + bytes(padded_size - len(plaintext) - 1)
@@ -513,22 +533,6 @@ class Demo:
         )
         value("alice", "nonce (24 bytes)", sealed.fields["nonce"])
         value("alice", f"ciphertext ({len(ciphertext) // 2} bytes)", ciphertext)
-        self.narration.say(
-            "The relay sees only the sealed record: the header (version, type, "
-            "epoch, counter) in the clear, then 272 bytes it cannot read (the "
-            "16-byte tag and the encrypted padded payload)."
-        )
-        delivered = self._delivered(bob, sealed)
-        self._relay_record(delivered)
-        self._message = delivered
-        self.narration.say(
-            "Bob opens it with his receiving key (equal to Alice's sending "
-            "key), checks the tag, removes the padding and reads:"
-        )
-        shown = [e for e in bob.events if e.event == "message"][-1].fields["text"]
-        value("bob", "text", repr(shown))
-        if not self.narration.check("message text", FIRST_MESSAGE, shown):
-            self.failures.append("Bob did not read what Alice wrote")
 
     # -- step 6: attacks -------------------------------------------------------
 
@@ -607,24 +611,10 @@ class Demo:
         message_id = alice.client.send_message(SECOND_MESSAGE)
         sealed = self._sealed(alice, message_id)
         self.narration.teach("alice", sealed)
-        header = bytes.fromhex(sealed.fields["nonce"])
-        header = header[:2] + header[3:15]
+        # The record header is the nonce without the role byte and the tail.
+        nonce = bytes.fromhex(sealed.fields["nonce"])
         index = 14 + 16 + 4  # a byte of the encrypted payload, after the tag
-
-        def flip(message: envelope.Deliver) -> list[tuple[bytes, str | None]]:
-            original = envelope.encode(message)
-            if message.payload[:14] != header:
-                return [(original, None)]
-            bob.tap.meddle = None
-            forged = envelope.Deliver(
-                message.room_id,
-                message.sender,
-                message.frame_id,
-                flip_bit(message.payload, index),
-            )
-            return [(envelope.encode(forged), "bit-flip"), (original, None)]
-
-        bob.tap.meddle = flip
+        bob.tap.meddle = BitFlipper(bob.tap, nonce[:2] + nonce[3:15], index)
         await self._until(
             "Bob to receive the genuine message",
             lambda: self._client_event(bob, "message", id=message_id),
@@ -648,19 +638,33 @@ class Demo:
             "made."
         )
         room = RoomKeys.from_secret(RoomKeys.new_secret())
-        swapper = KeySwapper()
+        swapper = KeySwapper(room.room_id)
+        first = len(self._crossings)
+        alice, bob = await self._swapped_handshake(room, swapper)
 
-        def swap(message: envelope.Deliver) -> list[tuple[bytes, str | None]]:
-            if message.room_id != room.room_id:
-                return [(envelope.encode(message), None)]
-            return swapper(message)
+        for crossing in self._crossings[first:]:
+            if crossing.meddled == "key-swap" and crossing.person == "bob":
+                self._relay_record(crossing)
+                break
+        self._swap_verdict(alice, bob, swapper)
+        await self._expect_rejection("key swap", alice, 0, "forgery")
+        await self._expect_rejection("key swap", bob, 0, "forgery")
+        self.narration.say(
+            "Neither side accepted a session. Even a relay that had guessed "
+            "the room key would fail: each AUTH is signed over both ephemeral "
+            "keys, so the relay would have to sign with its own identity key, "
+            "and the safety numbers would no longer match."
+        )
 
+    async def _swapped_handshake(
+        self, room: RoomKeys, swapper: KeySwapper
+    ) -> tuple[Person, Person]:
+        """Alice and Bob meet in ``room`` through the swapping relay."""
         alice = Person("alice", self._alice.identity, self._alice.tap)
         bob = Person("bob", self._bob.identity, self._bob.tap)
         self._extra += [alice, bob]
         for person in (alice, bob):
-            person.tap.meddle = swap
-        first = len(self._crossings)
+            person.tap.meddle = swapper
         try:
             self._join(bob, room)
             await self._until("Bob to join", lambda: self._client_event(bob, "ready"))
@@ -677,20 +681,7 @@ class Demo:
                 person.tap.meddle = None
         await self._leave(alice)
         await self._leave(bob)
-
-        for crossing in self._crossings[first:]:
-            if crossing.meddled == "key-swap" and crossing.person == "bob":
-                self._relay_record(crossing)
-                break
-        self._swap_verdict(alice, bob, swapper)
-        await self._expect_rejection("key swap", alice, 0, "forgery")
-        await self._expect_rejection("key swap", bob, 0, "forgery")
-        self.narration.say(
-            "Neither side accepted a session. Even a relay that had guessed "
-            "the room key would fail: each AUTH is signed over both ephemeral "
-            "keys, so the relay would have to sign with its own identity key, "
-            "and the safety numbers would no longer match."
-        )
+        return alice, bob
 
     def _swap_verdict(self, alice: Person, bob: Person, swapper: KeySwapper) -> None:
         # What each side computed, and the relay's matching secret with it.

@@ -32,7 +32,7 @@ from chat.core.errors import MalformedFrame
 from chat.core.frames import encode_hello, frame_kind, parse_hello
 from chat.core.secrets import short_hash
 
-__all__ = ["Crossing", "KeySwapper", "Meddle", "Tap", "flip_bit"]
+__all__ = ["BitFlipper", "Crossing", "KeySwapper", "Meddle", "Tap", "flip_bit"]
 
 logger = logging.getLogger("chat.demo")
 
@@ -192,8 +192,37 @@ def flip_bit(payload: bytes, index: int, bit: int = 0) -> bytes:
     return bytes(changed)
 
 
+class BitFlipper:
+    """A relay that flips one bit of one record, then delivers the original.
+
+    Args:
+        tap: the tap it meddles on; it stops meddling after its one flip.
+        header: the 14-byte header of the record to tamper with.
+        index: which byte of the frame to change.
+    """
+
+    def __init__(self, tap: Tap, header: bytes, index: int) -> None:
+        self._tap = tap
+        self._header = header
+        self._index = index
+
+    def __call__(self, message: envelope.Deliver) -> list[tuple[bytes, str | None]]:
+        """The forged copy and then the genuine frame, for the one record."""
+        original = envelope.encode(message)
+        if message.payload[:14] != self._header:
+            return [(original, None)]
+        self._tap.meddle = None
+        forged = envelope.Deliver(
+            message.room_id,
+            message.sender,
+            message.frame_id,
+            flip_bit(message.payload, self._index),
+        )
+        return [(envelope.encode(forged), "bit-flip"), (original, None)]
+
+
 class KeySwapper:
-    """A relay that puts its own ephemeral key into every HELLO it delivers.
+    """A relay that puts its own ephemeral key into every HELLO of one room.
 
     For each real ephemeral key it makes one of its own (PyNaCl), and it
     rewrites the echo field so that each side sees a consistent exchange.
@@ -202,7 +231,8 @@ class KeySwapper:
     section 6.1).
     """
 
-    def __init__(self) -> None:
+    def __init__(self, room_id: bytes) -> None:
+        self._room_id = room_id
         self._fake_for: dict[bytes, nacl.public.PrivateKey] = {}
         self._real_for: dict[bytes, bytes] = {}
 
@@ -210,7 +240,7 @@ class KeySwapper:
         """Swap the keys in a HELLO; pass anything else on unchanged."""
         payload = message.payload
         try:
-            if frame_kind(payload) != "hello":
+            if message.room_id != self._room_id or frame_kind(payload) != "hello":
                 return [(envelope.encode(message), None)]
             hello = parse_hello(payload)
         except MalformedFrame:
