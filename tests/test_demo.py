@@ -26,10 +26,12 @@ from typing import Any
 import nacl.bindings
 import pytest
 
+from chat.client import ClientEvent
 from chat.core.identity import Identity
 from chat.demo import build_parser
 from chat.demo.narration import WIDTH, JsonSink, Narration, describe
 from chat.demo.scenes import FIRST_MESSAGE, SECOND_MESSAGE, THIRD_MESSAGE, Demo
+from chat.ui.plain import describe as describe_event
 
 ROOT = Path(__file__).resolve().parent.parent
 ALICE_SEED = bytes(range(32))
@@ -338,3 +340,16 @@ def test_the_readmes_first_command_runs_the_demo(tmp_path: Path) -> None:
         assert f"Step {step}." in result.stdout
     assert "Every check passed." in result.stdout
     assert max(len(line) for line in result.stdout.splitlines()) <= WIDTH
+
+
+def test_show_handshake_describes_a_real_step_within_80_columns() -> None:
+    fields = {"transcript": "ab" * 64, "k_auth_own": "0a1b2c3d"}
+    event = ClientEvent("handshake", {"step": "keys", "side": "me", "fields": fields})
+
+    lines = ["* " + line for line in describe_event(event).splitlines()]
+
+    assert lines[0] == "* [me] keys derived (secrets as short hashes)"
+    assert "* " + "    k_auth_own: 0a1b2c3d" in lines
+    assert max(len(line) for line in lines) <= WIDTH
+    wrapped = "".join(line.removeprefix("*       ") for line in lines[2:-1])
+    assert wrapped == fields["transcript"]

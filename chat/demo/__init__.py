@@ -19,10 +19,9 @@ import sys
 import threading
 from collections.abc import Sequence
 
-from chat.demo.narration import JsonSink, Narration, Sink, TextSink
-from chat.demo.scenes import Pause, run_demo
+from chat.demo.narration import JsonSink, Narration, Pause, Sink, TextSink
 
-__all__ = ["build_parser", "main", "run_demo"]
+__all__ = ["build_parser", "main"]
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -101,6 +100,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     # Library warnings (a closing connection, say) would break the layout.
     logging.basicConfig(level=logging.ERROR, stream=sys.stderr)
     narration = Narration(_sink(args))
+
+    # Imported here: the client imports chat.demo.narration for
+    # --show-handshake, and must not load the relay with it.
+    from chat.demo.scenes import run_demo  # noqa: PLC0415
+
     try:
         ok = asyncio.run(run_demo(narration, pause=_pacing(args)))
     except KeyboardInterrupt:

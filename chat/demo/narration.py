@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import json
 import textwrap
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from typing import IO, Any
 
 from rich.console import Console
@@ -27,6 +27,7 @@ __all__ = [
     "WIDTH",
     "JsonSink",
     "Narration",
+    "Pause",
     "Record",
     "Sink",
     "TextSink",
@@ -40,6 +41,8 @@ WIDTH = 80
 
 Record = dict[str, Any]
 Sink = Callable[[Record], None]
+Pause = Callable[[int], Awaitable[None]]
+"""Awaited before a step (its number) while a presenter reads the last one."""
 Line = tuple[str, str]
 """One line of text output: (style name, text)."""
 
@@ -288,14 +291,19 @@ _TEACHING_TITLES = {
 }
 
 
-def describe_teaching(side: str, event: TeachingEvent) -> list[str]:
-    """Text lines for one core teaching event, each at most WIDTH columns.
+def describe_teaching(event: TeachingEvent, width: int = WIDTH) -> list[str]:
+    """Text lines for one core teaching event, each at most ``width`` columns.
 
-    Used by the demo's JSON-less views and by ``saltchat --show-handshake``
-    for a real session.
+    ``saltchat --show-handshake`` shows a real session's steps with it.
+    Values are wrapped, never cut: two people compare them across screens.
     """
     title = _TEACHING_TITLES.get(event.step, event.step)
-    lines = [clip(f"[{side}] {title}")]
+    lines = [clip(f"[{event.side}] {title}", width)]
     for name, value in event.fields.items():
-        lines.append(clip(f"    {name}: {value}"))
+        line = f"    {name}: {value}"
+        if len(line) <= width:
+            lines.append(line)
+            continue
+        lines.append(clip(f"    {name}:", width))
+        lines += ["      " + part for part in textwrap.wrap(value, width - 6)]
     return lines

@@ -30,7 +30,7 @@ from chat.core.identity import Identity
 from chat.core.limits import PREVIOUS_EPOCH_GRACE_SECONDS
 from chat.core.rooms import RoomKeys
 from chat.core.teaching import TeachingEvent
-from chat.demo.narration import Narration
+from chat.demo.narration import Narration, Pause
 from chat.demo.tap import BitFlipper, Crossing, KeySwapper, Tap
 from chat.transport import connect_relay
 from chat.trust import TrustStore
@@ -50,8 +50,6 @@ RELAY_IDLE_SECONDS = 3600.0
 FIRST_MESSAGE = "Meet me at the old oak at noon."
 SECOND_MESSAGE = "Bring the map."
 THIRD_MESSAGE = "New keys, same conversation."
-
-Pause = Callable[[int], Awaitable[None]]
 
 
 class DemoError(Exception):
