@@ -238,8 +238,11 @@ def _spaced(hex_text: str) -> str:
 def _attack(record: Record) -> list[Line]:
     head = f"  {record['receiver']}'s check: "
     if record["rejected"]:
-        verdict = f"{head}REJECTED ({record['kind']}), as it should be"
-        style = "ok" if record["kind"] == record["expected"] else "bad"
+        if record["kind"] == record["expected"]:
+            style, verdict = "ok", f"{head}REJECTED ({record['kind']}), as it should be"
+        else:
+            style = "bad"
+            verdict = f"{head}REJECTED ({record['kind']}, not {record['expected']})"
         lines = [(style, verdict)]
         lines += [
             ("say", "    " + line)

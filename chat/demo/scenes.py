@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import logging
 import tempfile
 import time
 from collections.abc import Awaitable, Callable
@@ -38,8 +37,6 @@ from server.config import RelayConfig
 from server.relay import Relay
 
 __all__ = ["DEADLINE_SECONDS", "Demo", "DemoError", "run_demo"]
-
-logger = logging.getLogger("chat.demo")
 
 DEADLINE_SECONDS = 10.0
 """Longest wait for any one thing to happen before the demo gives up."""
@@ -79,6 +76,9 @@ class Demo:
             Enter), or None to run straight through.
         identities: Alice's and Bob's identities (fresh ones if None).
         room_secret: the secret of their room (a fresh one if None).
+
+    What it records (crossings, events) grows only with its fixed script:
+    a few hundred entries, whatever the length of a pause.
 
     Attributes:
         room: the keys of the room Alice and Bob talk in (for tests).
@@ -315,16 +315,18 @@ class Demo:
                     person.name, "ephemeral key", event.fields["ephemeral"]
                 )
         say(
-            "Both started at the same moment, so each made one ephemeral key; "
-            "a side that restarts makes a new one."
+            "Each side starts a handshake as soon as it sees the other in the "
+            "room; a side that has to start again makes a new ephemeral key."
         )
 
     async def _step_wire(self, mark: dict[str, int]) -> None:
         self._teach_all(mark, {"hello-sent", "hello-received"})
         self.narration.say(
-            "These are the envelopes the relay forwarded, byte for byte. The "
-            "envelope's routing header (version, type, room id, sender, frame "
-            "id) is all the relay reads; the frame inside is opaque to it."
+            "These are the envelopes the relay forwarded, byte for byte. A "
+            "DELIVER starts 01 84 (version, type), then the room id (32 "
+            "bytes), the sender's address (32) and a frame id (8): that "
+            "routing header is all the relay reads. The frame after it is "
+            "opaque to the relay."
         )
         for crossing in self._crossings[mark["relay"] :]:
             self._relay_record(crossing)

@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import logging
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -33,8 +32,6 @@ from chat.core.frames import encode_hello, frame_kind, parse_hello
 from chat.core.secrets import short_hash
 
 __all__ = ["BitFlipper", "Crossing", "KeySwapper", "Meddle", "Tap", "flip_bit"]
-
-logger = logging.getLogger("chat.demo")
 
 TO_RELAY = "to-relay"
 FROM_RELAY = "from-relay"
