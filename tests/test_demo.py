@@ -26,11 +26,14 @@ from typing import Any
 import nacl.bindings
 import pytest
 
+from chat import envelope
 from chat.client import ClientEvent
+from chat.core.frames import Hello, encode_hello, parse_hello
 from chat.core.identity import Identity
 from chat.demo import build_parser
 from chat.demo.narration import WIDTH, JsonSink, Narration, describe
 from chat.demo.scenes import FIRST_MESSAGE, SECOND_MESSAGE, THIRD_MESSAGE, Demo
+from chat.demo.tap import KeySwapper
 from chat.ui.plain import describe as describe_event
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -353,3 +356,44 @@ def test_show_handshake_describes_a_real_step_within_80_columns() -> None:
     assert max(len(line) for line in lines) <= WIDTH
     wrapped = "".join(line.removeprefix("*       ") for line in lines[2:-1])
     assert wrapped == fields["transcript"]
+
+
+ROOM_ID = bytes(range(32))
+SENDER = bytes(32)
+
+
+def _deliver(payload: bytes, room_id: bytes = ROOM_ID) -> envelope.Deliver:
+    return envelope.Deliver(room_id, SENDER, 0, payload)
+
+
+def _delivered_hello(out: list[tuple[bytes, str | None]]) -> Hello:
+    [(data, _)] = out
+    message = envelope.decode_relay(data)
+    assert isinstance(message, envelope.Deliver)
+    return parse_hello(message.payload)
+
+
+def test_the_key_swapper_answers_each_side_with_a_consistent_exchange() -> None:
+    swapper = KeySwapper(ROOM_ID)
+    alice, bob = bytes([9]) * 32, bytes([7]) * 32
+
+    to_bob = _delivered_hello(swapper(_deliver(encode_hello(alice))))
+    to_alice = _delivered_hello(swapper(_deliver(encode_hello(bob, to_bob.ephemeral))))
+
+    assert to_bob.ephemeral not in (alice, bob)
+    assert to_alice.ephemeral not in (alice, bob, to_bob.ephemeral)
+    assert to_alice.echo == alice
+
+
+@pytest.mark.parametrize(
+    "message",
+    [
+        _deliver(encode_hello(bytes([9]) * 32), room_id=bytes(32)),
+        _deliver(bytes([1, 3]) + bytes(284)),
+    ],
+    ids=["another room", "a record"],
+)
+def test_the_key_swapper_passes_other_frames_on_unchanged(
+    message: envelope.Deliver,
+) -> None:
+    assert KeySwapper(ROOM_ID)(message) == [(envelope.encode(message), None)]
