@@ -145,7 +145,7 @@ def test_the_message_step_shows_what_alice_sealed(run: Run) -> None:
         ("bit-flip", "bob", "forgery"),
         ("key swap", "alice", "forgery"),
         ("key swap", "bob", "forgery"),
-        ("replay into epoch 1", "bob", "replay"),
+        ("replay into the new epoch", "bob", "replay"),
         ("replay after the grace time", "bob", "stale"),
     ],
 )
