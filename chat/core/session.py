@@ -23,7 +23,7 @@ import nacl.bindings
 import nacl.utils
 
 from chat.core import schedule
-from chat.core.channel import Channel, Opened, record_nonce
+from chat.core.channel import Channel, EpochKeys, Opened, record_nonce
 from chat.core.errors import (
     CounterExhausted,
     LocalError,
@@ -159,6 +159,16 @@ class SessionStats:
     received_in_epoch: int = 0
     rekeys: int = 0
     rejected: dict[str, int] = field(default_factory=dict)
+
+
+def _key_hashes(keys: EpochKeys) -> dict[str, str]:
+    """Short hashes of one epoch's two record keys, for teaching events.
+
+    Our send key is the peer's receive key, so the two sides' events show
+    that they agree on one key per direction without revealing either.
+    """
+    send = "" if keys.send_key is None else short_hash(keys.send_key.reveal())
+    return {"send_key": send, "receive_key": short_hash(keys.recv_key.reveal())}
 
 
 class _Rekey:
@@ -579,7 +589,11 @@ class Session:
         channel = handshake.finish(peer, self._identity, frame, self._now)
         self._seal(channel, Confirm())
         if self._observer is not None:
-            self._teach("keys", root=short_hash(channel.root.reveal()))
+            self._teach(
+                "keys",
+                root=short_hash(channel.root.reveal()),
+                **_key_hashes(channel.epochs[0]),
+            )
         return []
 
     def _tick_handshakes(self, now: float) -> None:
@@ -766,7 +780,12 @@ class Session:
         self._remember_peer_rekey(rekey)
         self._seal(channel, Confirm(), rekey.new_epoch)
         if self._observer is not None:
-            self._teach("rekey", epoch=str(rekey.new_epoch), root=short_hash(root))
+            self._teach(
+                "rekey",
+                epoch=str(rekey.new_epoch),
+                root=short_hash(root),
+                **_key_hashes(channel.epochs[rekey.new_epoch]),
+            )
 
     def _remember_peer_rekey(self, rekey: Rekey) -> None:
         # The last two agreed keys suffice: older epochs are forgotten.

@@ -12,6 +12,8 @@ from collections.abc import Callable
 from typing import Any, TextIO
 
 from chat.client import ClientEvent
+from chat.core.teaching import TeachingEvent
+from chat.demo.narration import describe_teaching
 
 __all__ = ["PlainRenderer", "describe"]
 
@@ -79,8 +81,9 @@ def _verify(f: dict[str, Any]) -> str:
 
 
 def _handshake(f: dict[str, Any]) -> str:
-    fields = " ".join(f"{k}={v}" for k, v in f["fields"].items())
-    return f"[handshake] {f['side']} {f['step']} {fields}"
+    # The demonstration's wording; 78 columns leave room for the "* " prefix.
+    event = TeachingEvent(f["step"], f["side"], f["fields"])
+    return "\n".join(describe_teaching(event, width=78))
 
 
 _FORMATS: dict[str, Callable[[dict[str, Any]], str]] = {
