@@ -33,15 +33,30 @@ def ensure_venv(extras: str) -> None:
         sys.exit(f"saltchat needs Python 3.11 or newer; this is {found}")
     if not (BIN / "python").exists():
         venv.EnvBuilder(with_pip=True).create(VENV)
-    wanted = f"{extras or 'base'}:{(ROOT / 'pyproject.toml').stat().st_mtime_ns}"
-    if STAMP.exists() and wanted in STAMP.read_text().split():
+    version = str((ROOT / "pyproject.toml").stat().st_mtime_ns)
+    if _installed(set(filter(None, extras.split(","))), version):
         return
     pip = [str(BIN / "python"), "-m", "pip", "install", "--quiet"]
     subprocess.run([*pip, "--upgrade", "pip"], check=True)
     target = f".[{extras}]" if extras else "."
     subprocess.run([*pip, "-e", target], cwd=ROOT, check=True)
     previous = STAMP.read_text().split() if STAMP.exists() else []
-    STAMP.write_text("\n".join([*previous, wanted]) + "\n")
+    STAMP.write_text("\n".join([*previous, f"{extras or 'base'}:{version}"]) + "\n")
+
+
+def _installed(extras: set[str], version: str) -> bool:
+    """Whether an install of this pyproject.toml already covers `extras`.
+
+    The stamp holds one `extras:version` line per install; an install with
+    more extras serves a command that needs fewer ("base" means none).
+    """
+    if not STAMP.exists():
+        return False
+    for line in STAMP.read_text().split():
+        done, _, stamped = line.rpartition(":")
+        if stamped == version and extras <= set(done.split(",")) - {"base"}:
+            return True
+    return False
 
 
 def run(argv: list[str]) -> int:
