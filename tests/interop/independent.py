@@ -630,12 +630,11 @@ class _Direction:
 
 @dataclass
 class _PendingRekey:
-    """A rekey in progress (section 9.2): our f, and g once it arrived."""
+    """A rekey in progress (section 9.2): the new epoch and our f."""
 
     new_epoch: int
     f_priv: bytes = field(repr=False)
     f: bytes
-    g: bytes | None = None
 
 
 class Peer:
@@ -859,7 +858,6 @@ class Peer:
         assert self._root is not None
         dh = shared_secret(self._rekey.f_priv, g)
         self._root = rekey_root(self._root, dh, self._rekey.f, g, new_epoch)
-        self._rekey.g = g
         self._install_epoch(new_epoch)
         self._send_payload(Confirm(), epoch=new_epoch)
 
