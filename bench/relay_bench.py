@@ -81,7 +81,10 @@ async def bare_forwarder() -> None:
     ) as server:
         port = server.sockets[0].getsockname()[1]
         print(f"serving ws://127.0.0.1:{port}", flush=True)
-        await asyncio.Future()
+        try:
+            await asyncio.Future()
+        except asyncio.CancelledError:
+            pass
 
 
 # Raw WebSocket client pieces.

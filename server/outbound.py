@@ -22,13 +22,10 @@ from collections.abc import Callable, Iterator, Sequence
 from websockets.asyncio.server import ServerConnection
 from websockets.protocol import State
 
-__all__ = ["BATCH_BYTES", "DIRECT_BYTES", "BatchingConnection", "Outbound"]
+__all__ = ["BATCH_BYTES", "BatchingConnection", "Outbound"]
 
 BATCH_BYTES = 64 * 1024
 """Most bytes written to the socket in one batch."""
-
-DIRECT_BYTES = 4096
-"""Messages at least this large are written at once when nothing waits."""
 
 
 class BatchingConnection(ServerConnection):
@@ -159,13 +156,11 @@ class Outbound:
             return False
 
         # A lone message goes out at once, saving a turn of the event loop.
-        # Small ones once per turn only: the rest of a burst is queued for the
-        # writer, which sends it in one batch. A large message gains little
-        # from sharing a system call, so it goes at once whenever it can.
+        # Once per turn only: the rest of a burst is queued for the writer,
+        # which sends it in one batch.
         wakeup = self._wakeup
         idle = wakeup is not None and not wakeup.done() and not self._messages
-        direct = not self._hot or size >= DIRECT_BYTES
-        if idle and direct and self._connection.send_now(message):
+        if idle and not self._hot and self._connection.send_now(message):
             self._hot = True
             asyncio.get_running_loop().call_soon(self._cool)
             self._on_sent(1, size)
