@@ -81,10 +81,7 @@ async def bare_forwarder() -> None:
     ) as server:
         port = server.sockets[0].getsockname()[1]
         print(f"serving ws://127.0.0.1:{port}", flush=True)
-        try:
-            await asyncio.Future()
-        except asyncio.CancelledError:
-            pass
+        await asyncio.Future()
 
 
 # Raw WebSocket client pieces.
