@@ -150,13 +150,8 @@ class Outbound:
         """Bytes queued and not yet written."""
         return self._bytes
 
-    def put(self, message: bytes, *, at_once: bool = True) -> bool:
+    def put(self, message: bytes) -> bool:
         """Send or queue `message` without waiting.
-
-        Args:
-            message: the envelope to send.
-            at_once: False to always queue it for the next batch, for a
-                message whose latency matters less than its cost.
 
         Returns:
             False if the queue is full (the message is dropped and
@@ -175,8 +170,7 @@ class Outbound:
 
         # A lone message goes out at once, saving a turn of the event loop.
         if (
-            at_once
-            and self._writer is None
+            self._writer is None
             and not self._hot
             and self._connection.send_now(message)
         ):

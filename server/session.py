@@ -377,10 +377,7 @@ class Session:
     def _result(self, send_id: int, status: Status) -> None:
         if status not in (Status.DELIVERED, Status.STORED):
             self.relay.stats.refusals[status.name.lower()] += 1
-        # A RESULT waits for the next batch: there is one per SEND, and
-        # sharing a write with the rest of a burst matters more than its
-        # latency.
-        self.outbound.put(encode_result(send_id, status), at_once=False)
+        self.outbound.put(encode_result(send_id, status))
 
     async def _ack(self, message: Ack) -> None:
         address = self.rooms.get(message.room_id)
