@@ -17,18 +17,17 @@ from __future__ import annotations
 import asyncio
 import struct
 from collections import deque
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Coroutine, Iterator, Sequence
+from typing import Any
 
 from websockets.asyncio.server import ServerConnection
+from websockets.exceptions import ConnectionClosed
 from websockets.protocol import State
 
-__all__ = ["BATCH_BYTES", "DIRECT_BYTES", "BatchingConnection", "Outbound"]
+__all__ = ["BATCH_BYTES", "BatchingConnection", "Outbound"]
 
 BATCH_BYTES = 64 * 1024
 """Most bytes written to the socket in one batch."""
-
-DIRECT_BYTES = 4096
-"""Messages at least this large are written at once when nothing waits."""
 
 
 class BatchingConnection(ServerConnection):
@@ -90,15 +89,22 @@ def _framed(messages: Sequence[bytes]) -> Iterator[bytes]:
 
 
 class Outbound:
-    """Bounded queue of messages for one connection, drained by `run`.
+    """Bounded queue of messages for one connection, and its writer task.
+
+    The writer task runs only while messages are queued, so an idle
+    connection costs no task. A message put while nothing is queued or being
+    written goes out at once (`BatchingConnection.send_now`), once per turn
+    of the event loop; the rest of a burst is queued, and the writer sends it
+    in one batch on the next turn.
 
     Args:
-        connection: where the writer sends.
+        connection: where messages go.
         max_frames: most messages queued.
         max_bytes: most bytes queued (including a batch being written).
         on_overflow: called once when a message does not fit; the caller
             then closes the connection as a slow consumer.
-        on_sent: called after each batch with (messages, bytes) sent.
+        on_sent: called after each write with (messages, bytes) sent.
+        spawn: starts the writer task (the relay keeps a reference to it).
     """
 
     __slots__ = (
@@ -112,27 +118,31 @@ class Outbound:
         "_on_sent",
         "_overflowed",
         "_space",
-        "_wakeup",
+        "_spawn",
+        "_writer",
     )
 
     def __init__(
         self,
         connection: BatchingConnection,
+        *,
         max_frames: int,
         max_bytes: int,
         on_overflow: Callable[[], None],
         on_sent: Callable[[int, int], None],
+        spawn: Callable[[Coroutine[Any, Any, None]], asyncio.Task[None]],
     ) -> None:
         self._connection = connection
         self._max_frames = max_frames
         self._max_bytes = max_bytes
         self._on_overflow = on_overflow
         self._on_sent = on_sent
+        self._spawn = spawn
         self._messages: deque[bytes] = deque()
         self._bytes = 0
         self._overflowed = False
         self._hot = False
-        self._wakeup: asyncio.Future[None] | None = None
+        self._writer: asyncio.Task[None] | None = None
         self._space: asyncio.Future[None] | None = None
 
     @property
@@ -141,7 +151,7 @@ class Outbound:
         return self._bytes
 
     def put(self, message: bytes) -> bool:
-        """Queue `message` without waiting.
+        """Send or queue `message` without waiting.
 
         Returns:
             False if the queue is full (the message is dropped and
@@ -159,13 +169,11 @@ class Outbound:
             return False
 
         # A lone message goes out at once, saving a turn of the event loop.
-        # Small ones once per turn only: the rest of a burst is queued for the
-        # writer, which sends it in one batch. A large message gains little
-        # from sharing a system call, so it goes at once whenever it can.
-        wakeup = self._wakeup
-        idle = wakeup is not None and not wakeup.done() and not self._messages
-        direct = not self._hot or size >= DIRECT_BYTES
-        if idle and direct and self._connection.send_now(message):
+        if (
+            self._writer is None
+            and not self._hot
+            and self._connection.send_now(message)
+        ):
             self._hot = True
             asyncio.get_running_loop().call_soon(self._cool)
             self._on_sent(1, size)
@@ -173,8 +181,8 @@ class Outbound:
 
         self._messages.append(message)
         self._bytes += size
-        if wakeup is not None and not wakeup.done():
-            wakeup.set_result(None)
+        if self._writer is None:
+            self._writer = self._spawn(self._write())
         return True
 
     def _cool(self) -> None:
@@ -190,32 +198,32 @@ class Outbound:
             self._space = asyncio.get_running_loop().create_future()
             await self._space
 
-    async def run(self) -> None:
-        """Write queued messages until cancelled or the connection closes.
+    def close(self) -> None:
+        """Stop writing: the connection is gone. Queued messages are dropped."""
+        if self._writer is not None:
+            self._writer.cancel()
 
-        Raises:
-            websockets.exceptions.ConnectionClosed: the connection closed.
-        """
-        loop = asyncio.get_running_loop()
+    async def _write(self) -> None:
+        """Write queued messages in batches until none is left."""
         messages = self._messages
-        while True:
-            if not messages:
-                self._wakeup = loop.create_future()
-                await self._wakeup
-                self._wakeup = None
-                continue
+        try:
+            while messages:
+                # Take whatever is queued, up to a bounded batch.
+                batch = [messages.popleft()]
+                size = len(batch[0])
+                while messages and size < BATCH_BYTES:
+                    message = messages.popleft()
+                    batch.append(message)
+                    size += len(message)
 
-            # Take whatever is queued, up to a bounded batch.
-            batch = [messages.popleft()]
-            size = len(batch[0])
-            while messages and size < BATCH_BYTES:
-                message = messages.popleft()
-                batch.append(message)
-                size += len(message)
-
-            await self._connection.send_batch(batch)
-            self._bytes -= size
-            self._on_sent(len(batch), size)
-            space = self._space
-            if space is not None and not space.done():
-                space.set_result(None)
+                await self._connection.send_batch(batch)
+                self._bytes -= size
+                self._on_sent(len(batch), size)
+                space = self._space
+                if space is not None and not space.done():
+                    space.set_result(None)
+        except ConnectionClosed:
+            # The connection's handler reports the close; nothing to send to.
+            messages.clear()
+        finally:
+            self._writer = None

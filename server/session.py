@@ -37,7 +37,7 @@ from chat.envelope import (
     mailbox_address,
     split_send,
 )
-from server.backends.base import MailboxFull, Member, RoomFull, StorageUnavailable
+from server.backends.base import MailboxFull, RoomFull, StorageUnavailable
 from server.outbound import BatchingConnection, Outbound
 
 if TYPE_CHECKING:
@@ -73,13 +73,28 @@ def _short(room_id: bytes) -> str:
     return room_id[:4].hex()
 
 
-class Session(Member):
-    """The relay's state for one client connection.
+class Session:
+    """The relay's state for one client connection; a `Member` of its rooms.
 
     Args:
         relay: the relay serving this connection.
         websocket: the connection.
     """
+
+    __slots__ = (
+        "_refilled",
+        "_tokens",
+        "closing",
+        "joined_once",
+        "last_activity",
+        "opened",
+        "outbound",
+        "peer_id",
+        "pumps",
+        "relay",
+        "rooms",
+        "websocket",
+    )
 
     def __init__(self, relay: Relay, websocket: BatchingConnection) -> None:
         config = relay.config
@@ -96,10 +111,11 @@ class Session(Member):
         self._refilled = self.opened
         self.outbound = Outbound(
             websocket,
-            config.outbound_frames,
-            config.outbound_bytes,
+            max_frames=config.outbound_frames,
+            max_bytes=config.outbound_bytes,
             on_overflow=self._overflow,
             on_sent=self._sent,
+            spawn=relay.spawn,
         )
 
     @property
@@ -250,7 +266,14 @@ class Session(Member):
         # Record the membership (valid recipient from now on), then hand
         # over what the mailbox kept.
         await self._remember(room_id, address)
-        self.pumps[room_id] = self.relay.spawn(self._pump(room_id, address))
+        pump = self.relay.spawn(self._pump(room_id, address))
+        self.pumps[room_id] = pump
+        pump.add_done_callback(lambda _: self._pump_done(room_id, pump))
+
+    def _pump_done(self, room_id: bytes, pump: asyncio.Task[None]) -> None:
+        # Forget a finished pump, unless a later JOIN already replaced it.
+        if self.pumps.get(room_id) is pump:
+            del self.pumps[room_id]
 
     async def _remember(self, room_id: bytes, address: bytes) -> None:
         try:

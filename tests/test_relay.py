@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
+import socket
 import ssl
 from pathlib import Path
 
@@ -204,6 +205,44 @@ async def test_absent_member_gets_stored_frames_on_return_and_ack_deletes(
         third.token, third.address = second.token, second.address
         await third.join(room_id)
         assert (await third.deliver()).payload == b"m2"
+
+
+async def test_mailbox_larger_than_the_outbound_queue_is_streamed(
+    tmp_path: Path,
+) -> None:
+    payload = b"q" * 8192
+    async with running_relay(tmp_path, outbound_bytes=32 * 1024) as relay:
+        room_id = room()
+        first, second = await pair(relay, room_id)
+        await second.close()
+        await first.expect(Presence)
+        for number in range(40):
+            await first.send_to(room_id, second.address, payload, number)
+            assert (await first.result()).status == Status.STORED
+
+        # The owner comes back on a connection with tiny socket buffers (set
+        # on the listening socket, which accepted sockets inherit) and reads
+        # nothing until the relay's queue for it has filled up.
+        assert relay._server is not None
+        for listener in relay._server.sockets:
+            listener.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 4096)
+        sock = socket.socket()
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+        host, port = relay.url.removeprefix("ws://").split(":")
+        sock.connect((host, int(port)))
+        back = await Client.open(relay.url, sock=sock, max_queue=1)
+        back.token, back.address = second.token, second.address
+        await back.join(room_id)
+        session = next(s for s in relay._sessions if back.address in s.rooms.values())
+        async with asyncio.timeout(10):
+            while session.outbound.queued_bytes < 16 * 1024:
+                await asyncio.sleep(0.01)  # polling a condition, with a deadline
+
+        # 320 KiB stored, 32 KiB of queue: all of it arrives, nothing dropped.
+        delivered = [await back.deliver() for _ in range(40)]
+        assert all(d.payload == payload for d in delivered)
+        assert len({d.frame_id for d in delivered}) == 40
+        assert relay.stats.drops["slow_consumer"] == 0
 
 
 async def test_ack_of_someone_elses_frame_deletes_nothing(tmp_path: Path) -> None:
