@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from typing import NamedTuple
 
 from chat.core.errors import MalformedFrame, UnsupportedVersion
-from chat.core.limits import MAX_PADDED, MIN_PADDED
+from chat.core.limits import MAX_NICKNAME_BYTES, MAX_PADDED, MIN_PADDED
 
 __all__ = [
     "AUTH_SIZE",
@@ -29,6 +29,7 @@ __all__ = [
     "Confirm",
     "Hello",
     "Payload",
+    "Profile",
     "Receipt",
     "Record",
     "Rekey",
@@ -38,6 +39,7 @@ __all__ = [
     "encode_record_header",
     "frame_kind",
     "is_canonical_point",
+    "nickname_problem",
     "pad",
     "padded_size",
     "parse_auth",
@@ -72,6 +74,7 @@ PAYLOAD_TEXT = 0x02
 PAYLOAD_RECEIPT = 0x03
 PAYLOAD_REKEY = 0x04
 PAYLOAD_CLOSE = 0x05
+PAYLOAD_PROFILE = 0x06
 
 _ZERO32 = bytes(32)
 _P25519 = 2**255 - 19
@@ -225,7 +228,36 @@ class Close(NamedTuple):
     reason: int
 
 
-Payload = Confirm | Text | Receipt | Rekey | Close
+class Profile(NamedTuple):
+    """The nickname the peer claims: a label to show, never an identity."""
+
+    nickname: str
+
+
+Payload = Confirm | Text | Receipt | Rekey | Close | Profile
+
+
+def _is_control(char: str) -> bool:
+    # Unicode general category Cc: C0 controls, DEL and C1 controls.
+    code = ord(char)
+    return code <= 0x1F or 0x7F <= code <= 0x9F
+
+
+def nickname_problem(nickname: str) -> str | None:
+    """Say what makes ``nickname`` invalid in a PROFILE, or None (section 7.4).
+
+    A nickname is 1 to MAX_NICKNAME_BYTES bytes of UTF-8 with no control
+    character (U+0000-U+001F, U+007F-U+009F).
+    """
+    try:
+        size = len(nickname.encode("utf-8"))
+    except UnicodeEncodeError:
+        return "a nickname must be valid UTF-8 (it holds a lone surrogate)"
+    if not 1 <= size <= MAX_NICKNAME_BYTES:
+        return f"a nickname is 1 to {MAX_NICKNAME_BYTES} bytes of UTF-8, not {size}"
+    if any(_is_control(char) for char in nickname):
+        return "a nickname must not contain control characters"
+    return None
 
 
 def encode_payload(payload: Payload) -> bytes:
@@ -240,6 +272,9 @@ def encode_payload(payload: Payload) -> bytes:
     if isinstance(payload, Rekey):
         head = bytes((PAYLOAD_VERSION, PAYLOAD_REKEY))
         return head + struct.pack(">I", payload.new_epoch) + payload.public
+    if isinstance(payload, Profile):
+        head = bytes((PAYLOAD_VERSION, PAYLOAD_PROFILE))
+        return head + payload.nickname.encode("utf-8")
     return bytes((PAYLOAD_VERSION, PAYLOAD_CLOSE, payload.reason))
 
 
@@ -264,4 +299,18 @@ def parse_payload(plaintext: bytes) -> Payload:
         return Rekey(int.from_bytes(body[:4], "big"), body[4:])
     if kind == PAYLOAD_CLOSE and len(body) == 1:
         return Close(body[0])
+    if kind == PAYLOAD_PROFILE and 1 <= len(body) <= MAX_NICKNAME_BYTES:
+        return _parse_profile(body)
     raise MalformedFrame(f"payload type {kind} with a {len(body)}-byte body")
+
+
+def _parse_profile(body: bytes) -> Profile:
+    """Decode and check a PROFILE body whose size is already checked."""
+    try:
+        nickname = body.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise MalformedFrame("PROFILE nickname is not valid UTF-8") from exc
+    problem = nickname_problem(nickname)
+    if problem is not None:
+        raise MalformedFrame(f"PROFILE: {problem}")
+    return Profile(nickname)
