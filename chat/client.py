@@ -7,9 +7,9 @@ section 5), and it owns everything a session does not:
 - the link (relay or direct), with reconnects under bounded exponential
   backoff and jitter; after a reconnect every established session is rekeyed
   (protocol.md section 9) and every undelivered message is resent;
-- nicknames, exchanged inside the channel as a control message (a text whose
-  first character is NUL, which a user cannot type) and never trusted for
-  identity: the identity is the key proven in the handshake;
+- nicknames, exchanged inside the channel as a PROFILE payload (protocol.md
+  section 7.4) once per session and never trusted for identity: the
+  identity is the key proven in the handshake;
 - trust on first use (chat.trust): a peer whose key changed is held, its
   frames left unprocessed and unacknowledged, until the user runs /trust;
 - an outbox with end-to-end receipts: a message leaves the outbox when every
@@ -46,6 +46,7 @@ from chat.core.session import (
     MessageReceived,
     PeerClosed,
     PeerRestarted,
+    ProfileReceived,
     ReceiptReceived,
     Rekeyed,
     Session,
@@ -94,8 +95,6 @@ __all__ = [
 
 logger = logging.getLogger("chat.client")
 
-_CONTROL = "\x00"
-_HELLO = _CONTROL + "nick "
 _HANDSHAKING = (
     SessionState.IDLE,
     SessionState.HELLO_SENT,
@@ -657,6 +656,8 @@ class ChatClient:
                 self._on_text(peer, message_id, text)
             case ReceiptReceived(message_id):
                 self._on_receipt(peer, message_id)
+            case ProfileReceived(nickname):
+                self._on_profile(peer, nickname)
             case Rekeyed(epoch):
                 logger.info("session with %s rekeyed to epoch %d", peer.label, epoch)
             case PeerClosed():
@@ -679,13 +680,9 @@ class ChatClient:
         peer.failures = 0
         peer.ready = False
         assert peer.session is not None
-        session = peer.session
-        self._guard(peer, partial(_seal, session, _HELLO + self.nick, self._clock()))
+        self._guard(peer, partial(peer.session.send_profile, self.nick, self._clock()))
 
     def _on_text(self, peer: _Peer, message_id: bytes, text: str) -> None:
-        if text.startswith(_CONTROL):
-            self._on_control(peer, text)
-            return
         if not peer.ready:
             if len(peer.early) < HELD_FRAMES_PER_PEER:
                 peer.early.append((message_id, text))
@@ -716,18 +713,14 @@ class ChatClient:
             )
         )
 
-    def _on_control(self, peer: _Peer, text: str) -> None:
+    def _on_profile(self, peer: _Peer, nickname: str) -> None:
         # One nickname per session: a peer cannot rename itself mid-session
         # (nor make us pin names, and write the trust store, without end).
-        if (
-            not text.startswith(_HELLO)
-            or peer.identity is None
-            or peer.named_in == peer.generation
-        ):
-            logger.debug("ignored a control message from %s", peer.label)
+        if peer.identity is None or peer.named_in == peer.generation:
+            logger.debug("ignored a second profile from %s", peer.label)
             return
         peer.named_in = peer.generation
-        peer.nick = sanitize_nick(text[len(_HELLO) :])
+        peer.nick = sanitize_nick(nickname)
         try:
             decision = self._trust.check(peer.identity.key, peer.nick, self._slot(peer))
         except (TrustStoreError, OSError) as exc:

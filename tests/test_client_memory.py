@@ -9,9 +9,12 @@ from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
+import nacl.bindings
 import pytest
 
 from chat.client import ChatClient, ClientEvent, CommandError
+from chat.core.channel import record_nonce
+from chat.core.frames import unpad
 from chat.core.identity import Identity
 from chat.core.rooms import RoomKeys
 from chat.trust import TrustStore
@@ -231,11 +234,43 @@ async def test_a_peer_cannot_rename_itself_mid_session(room: Room) -> None:
     alice, bob = await _pair(room)
     session = bob.client._peers[A].session
     assert session is not None
-    session.send_text("\x00nick mallory", 0.0)
+    session.send_profile("mallory", 0.0)
     bob.client._dirty.set()
     await room.hub.settle()
 
     assert [peer["peer"] for peer in alice.client.who()] == ["bob"]
+
+
+async def test_the_nickname_travels_as_a_profile_not_as_text(room: Room) -> None:
+    sent: list[tuple[str, bytes]] = []
+
+    def tap(sender: bytes, _to: bytes, payload: bytes) -> bytes:
+        sent.append((sender.hex(), payload))
+        return payload
+
+    room.hub.tap = tap
+    alice, _ = await _pair(room)
+
+    # One of Bob's first records in epoch 0 is PROFILE "bob" (type 6),
+    # opened here by hand with Alice's receive key (protocol.md section 7.2).
+    session = alice.client._peers[B].session
+    assert session is not None and session.channel is not None
+    channel = session.channel
+    key = channel.epochs[0].recv_key.reveal()
+    plaintexts = [
+        unpad(
+            nacl.bindings.crypto_secretbox_open_easy(
+                p[14:],
+                record_nonce(0, int.from_bytes(p[6:14], "big"), channel.peer_role),
+                key,
+            )
+        )
+        for s, p in sent
+        if s == B.hex() and p[1] == 3 and p[2:6] == bytes(4)
+    ]
+    assert b"\x01\x06bob" in plaintexts
+    assert not alice.find("message")
+    assert alice.find("secure", peer="bob")
 
 
 async def test_the_relay_sees_no_name_key_or_text(room: Room) -> None:
