@@ -103,6 +103,10 @@ _HANDSHAKING = (
 )
 _DEAD = (SessionState.CLOSED, SessionState.FAILED)
 
+# Rejections of a peer's AUTH that mean its handshake failed (protocol.md
+# section 5.2): reported as one `handshake-failed` alert with advice.
+_AUTH_FAILURES = frozenset({"forgery", "handshake-failed"})
+
 # Rejections that happen in normal operation (frames from an earlier session
 # left in the mailbox, a repeated HELLO, a record racing a rekey): counted in
 # /keys and logged, but not raised as alerts.
@@ -206,6 +210,7 @@ class _Peer:
     failed_at: float | None = None
     failures: int = 0
     named_in: int = -1  # generation in which the peer's nickname arrived
+    warned: Session | None = None  # session whose failed handshake was reported
     held: deque[tuple[bytes, int]] = field(default_factory=deque)
     early: deque[tuple[bytes, str]] = field(default_factory=deque)
 
@@ -583,7 +588,7 @@ class ChatClient:
                 peer.held.append((payload, frame_id))
             return
 
-        self._process(peer, payload)
+        self._process(peer, payload, frame_id)
         self._ack(frame_id)
         self._pump()
 
@@ -591,7 +596,7 @@ class ChatClient:
         if frame_id:
             self._acks.append(frame_id)
 
-    def _process(self, peer: _Peer, payload: bytes) -> None:
+    def _process(self, peer: _Peer, payload: bytes, frame_id: int = 0) -> None:
         try:
             kind = frame_kind(payload)
         except PeerError as exc:
@@ -616,15 +621,31 @@ class ChatClient:
         ):
             logger.debug("dropped a %s frame from %s: no session", kind, peer.label)
             return
-        self._guard(peer, partial(session.receive, payload, self._clock()))
+        step = partial(session.receive, payload, self._clock())
+        if kind == "auth":
+            self._guard(peer, step, auth_stored=frame_id != 0)
+        else:
+            self._guard(peer, step)
 
-    def _guard(self, peer: _Peer, step: Callable[[], Any]) -> None:
-        """Run one session step, handle its events and its errors."""
+    def _guard(
+        self, peer: _Peer, step: Callable[[], Any], auth_stored: bool | None = None
+    ) -> None:
+        """Run one session step, handle its events and its errors.
+
+        Args:
+            peer: whose session runs the step.
+            step: the session call.
+            auth_stored: for an AUTH frame, whether it came from the mailbox;
+                None for every other step.
+        """
         session = peer.session
         try:
             events = step() or []
         except PeerError as exc:
-            self._alert(peer, exc)
+            if auth_stored is not None and exc.kind in _AUTH_FAILURES:
+                self._handshake_failed(peer, session, exc, stored=auth_stored)
+            else:
+                self._alert(peer, exc)
             if exc.fatal and peer.session is session:
                 peer.session = None
                 peer.ready = False
@@ -636,6 +657,56 @@ class ChatClient:
             return
         for event in events:
             self._on_session_event(peer, event)
+
+    def _handshake_failed(
+        self, peer: _Peer, session: Session | None, exc: PeerError, stored: bool
+    ) -> None:
+        """Tell the user that a peer's AUTH failed, and what to do about it.
+
+        An AUTH that does not open means the two sides derived different keys
+        from the key exchange: someone on the path (the relay) replaced an
+        ephemeral key, or the peer holds another room secret. A bad signature
+        means the sender knows the room secret but not the identity it claims
+        (protocol.md section 5.2). Either way there is no secure session.
+        """
+        # An AUTH from the mailbox is most often left over from an earlier
+        # attempt that the peer abandoned, not evidence of tampering.
+        if stored and not exc.fatal:
+            logger.info("dropped a stored AUTH from %s: %s", peer.label, exc)
+            return
+
+        # One alert per session: retransmissions and retries say nothing new.
+        if peer.warned is session and session is not None:
+            logger.info("handshake with %s failed again: %s", peer.label, exc)
+            return
+        peer.warned = session
+        name = self._name(peer)
+        if exc.kind == "forgery":
+            reason = (
+                "its handshake message (AUTH) does not authenticate, so the two "
+                "of you ended up with different keys: someone between you, most "
+                "likely the relay, replaced a key, or the peer uses a different "
+                "room secret"
+            )
+        else:
+            reason = f"its handshake message (AUTH) is invalid ({exc})"
+        self._emit(
+            ClientEvent(
+                "alert",
+                {
+                    "kind": "handshake-failed",
+                    "peer": name,
+                    "cause": exc.kind,
+                    "detail": (
+                        f"no secure session with {name}: {reason}. Nothing was "
+                        f"sent to {name}. Do not trust this relay for this room: "
+                        "meet through another relay or directly (--listen / "
+                        "--connect), check that you both use the same invite "
+                        "code, and compare safety numbers with /verify."
+                    ),
+                },
+            )
+        )
 
     def _alert(self, peer: _Peer, exc: PeerError) -> None:
         if exc.kind in _QUIET_KINDS:
@@ -982,7 +1053,7 @@ class ChatClient:
         # Held frames are processed now, in order, and acknowledged.
         while peer.held and peer.trust != TrustState.CHANGED:
             payload, frame_id = peer.held.popleft()
-            self._process(peer, payload)
+            self._process(peer, payload, frame_id)
             self._ack(frame_id)
         self._pump()
         self._dirty.set()

@@ -289,3 +289,37 @@ async def test_the_relay_sees_no_name_key_or_text(room: Room) -> None:
     for payload in payloads:
         for needle in (b"alice", b"bob", b"secret plan", bob.identity.public.key):
             assert needle not in payload
+
+
+async def _alice_waiting_for_bobs_auth(room: Room) -> Member:
+    # Bob's own AUTH never reaches Alice, so she waits for one (AUTH_SENT).
+    def drop_bobs_auth(sender: bytes, _to: bytes, payload: bytes) -> bytes | None:
+        return None if sender == B and payload[:2] == b"\x01\x02" else payload
+
+    room.hub.tap = drop_bobs_auth
+    alice = room.join("alice", A)
+    room.join("bob", B)
+    await room.hub.settle()
+    return alice
+
+
+async def test_a_forged_auth_is_one_handshake_failed_alert(room: Room) -> None:
+    alice = await _alice_waiting_for_bobs_auth(room)
+    forged = b"\x01\x02" + bytes(112)
+
+    alice.client._on_inbound(B, 0, forged)
+    alice.client._on_inbound(B, 0, forged)
+
+    (alert,) = alice.find("alert")
+    assert alert["kind"] == "handshake-failed"
+    assert alert["cause"] == "forgery"
+    assert "relay" in alert["detail"]
+
+
+async def test_a_stale_auth_from_the_mailbox_raises_no_alert(room: Room) -> None:
+    alice = await _alice_waiting_for_bobs_auth(room)
+
+    alice.client._on_inbound(B, 7, b"\x01\x02" + bytes(112))
+
+    assert not alice.find("alert")
+    assert 7 in alice.client._acks
