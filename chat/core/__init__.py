@@ -24,6 +24,7 @@ from chat.core.errors import (
     StaleFrame,
     UnexpectedFrame,
     UnsupportedVersion,
+    WrongPassphrase,
 )
 from chat.core.frames import frame_kind
 from chat.core.identity import (
@@ -83,6 +84,7 @@ __all__ = [
     "TeachingEvent",
     "UnexpectedFrame",
     "UnsupportedVersion",
+    "WrongPassphrase",
     "fingerprint_matches",
     "frame_kind",
     "safety_number",
