@@ -238,6 +238,7 @@ class ChatClient:
         observer: Callable[[TeachingEvent], None] | None = None,
         clock: Callable[[], float] = time.monotonic,
         backoff: Callable[[], Iterator[float]] = backoff_delays,
+        sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
     ) -> None:
         """Set up a client; `run()` connects and keeps it connected.
 
@@ -253,6 +254,7 @@ class ChatClient:
             observer: receives the core's TeachingEvents (--show-handshake).
             clock: monotonic time source handed to the core as `now`.
             backoff: factory of reconnect delay iterators.
+            sleep: waits while sending is paced (seconds of `clock`).
         """
         self._identity = identity
         self._room = room
@@ -264,6 +266,7 @@ class ChatClient:
         self._observer = observer
         self._clock = clock
         self._backoff = backoff
+        self._sleep = sleep
 
         self._peers: dict[bytes, _Peer] = {}
         self._outbox: OrderedDict[bytes, _Outgoing] = OrderedDict()
@@ -342,7 +345,9 @@ class ChatClient:
         delay = next(delays)
         was = self.connection
         self.connection = "disconnected"
-        if was != "disconnected" or not self._connected_once:
+
+        # Once per loss of the link: retries that fail say nothing new.
+        if was != "disconnected":
             self._emit(
                 ClientEvent(
                     "disconnected", {"reason": reason, "retry_in": round(delay, 2)}
@@ -407,7 +412,7 @@ class ChatClient:
         )
         self._refilled = now
         if self._tokens < 1.0:
-            await asyncio.sleep((1.0 - self._tokens) / SEND_RATE)
+            await self._sleep((1.0 - self._tokens) / SEND_RATE)
             self._tokens = 1.0
             self._refilled = self._clock()
         self._tokens -= 1.0
