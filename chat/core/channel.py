@@ -9,7 +9,6 @@ the session has also parsed the payload.
 from __future__ import annotations
 
 import struct
-from typing import NamedTuple
 
 import nacl.bindings
 import nacl.exceptions
@@ -105,9 +104,10 @@ class ReplayWindow:
         """Mark ``counter`` accepted; call only after it authenticated."""
         # Sliding forward frees the slots of the counters skipped over; the
         # slot of ``counter`` itself is overwritten below.
-        if counter > self.highest:
-            if counter > self.highest + 1:
-                self._clear(self.highest + 1, counter - 1)
+        highest = self.highest
+        if counter > highest:
+            if counter > highest + 1:
+                self._clear(highest + 1, counter - 1)
             self.highest = counter
         slot = counter % REPLAY_WINDOW
         self._bits[slot >> 3] |= 1 << (slot & 7)
@@ -156,13 +156,20 @@ class EpochKeys:
         )
 
 
-class Opened(NamedTuple):
-    """A record that authenticated, not yet accepted into the window."""
+class Opened:
+    """A record that authenticated, not yet accepted into the window.
 
-    epoch: int
-    counter: int
-    plaintext: bytes
-    tag: bytes
+    A plain class with slots: one is made for every record received, and
+    that is cheaper than a named tuple.
+    """
+
+    __slots__ = ("counter", "epoch", "plaintext", "tag")
+
+    def __init__(self, epoch: int, counter: int, plaintext: bytes, tag: bytes) -> None:
+        self.epoch = epoch
+        self.counter = counter
+        self.plaintext = plaintext
+        self.tag = tag
 
     def __repr__(self) -> str:
         return f"<Opened epoch={self.epoch} counter={self.counter} redacted>"
