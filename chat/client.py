@@ -670,7 +670,7 @@ class ChatClient:
 
         An AUTH that does not open means the two sides derived different keys
         from the key exchange: someone on the path (the relay) replaced an
-        ephemeral key, or the peer holds another room secret. A bad signature
+        ephemeral key, or the sender does not hold the room secret. A bad signature
         means the sender knows the room secret but not the identity it claims
         (protocol.md section 5.2). Either way there is no secure session.
         """
@@ -690,8 +690,8 @@ class ChatClient:
             reason = (
                 "its handshake message (AUTH) does not authenticate, so the two "
                 "of you ended up with different keys: someone between you, most "
-                "likely the relay, replaced a key, or the peer uses a different "
-                "room secret"
+                "likely the relay, replaced a key, or this peer does not hold "
+                "the room secret"
             )
         else:
             reason = f"its handshake message (AUTH) is invalid ({exc})"
@@ -703,11 +703,12 @@ class ChatClient:
                     "peer": name,
                     "cause": exc.kind,
                     "detail": (
-                        f"no secure session with {name}: {reason}. Nothing was "
-                        f"sent to {name}. Do not trust this relay for this room: "
-                        "meet through another relay or directly (--listen / "
-                        "--connect), check that you both use the same invite "
-                        "code, and compare safety numbers with /verify."
+                        f"no secure session with {name}: {reason}. None of your "
+                        f"messages went to {name}. Do not trust this relay for "
+                        "this room: meet through another relay or directly "
+                        "(--listen / --connect), check that you both use the "
+                        "same invite code, and compare safety numbers with "
+                        "/verify."
                     ),
                 },
             )
