@@ -10,6 +10,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import nacl.bindings
+import nacl.utils
 import pytest
 
 from chat.client import ChatClient, ClientEvent, CommandError
@@ -323,3 +324,21 @@ async def test_a_stale_auth_from_the_mailbox_raises_no_alert(room: Room) -> None
 
     assert not alice.find("alert")
     assert 7 in alice.client._acks
+
+
+async def test_a_key_swapping_relay_is_one_alert_on_each_side(room: Room) -> None:
+    def swap_ephemerals(_sender: bytes, _to: bytes, payload: bytes) -> bytes:
+        if payload[:2] == b"\x01\x01":
+            swapped = nacl.bindings.crypto_scalarmult_base(nacl.utils.random(32))
+            return payload[:2] + swapped + payload[34:]
+        return payload
+
+    room.hub.tap = swap_ephemerals
+    alice = room.join("alice", A)
+    bob = room.join("bob", B)
+    await room.hub.settle()
+
+    for member in (alice, bob):
+        (alert,) = member.find("alert")
+        assert alert["kind"] == "handshake-failed"
+        assert not member.find("secure")
