@@ -2,6 +2,7 @@
 
     saltchat [FLAGS]              chat in a room (by name) through a relay
     saltchat [FLAGS] id           print my identity fingerprint
+    saltchat id --set-passphrase  protect the identity with a passphrase
     saltchat [FLAGS] invite       make an invite code for a new room, and join it
     saltchat [FLAGS] join CODE    join the room of an invite code
     saltchat demo [...]           the live key-exchange demonstration
@@ -33,6 +34,7 @@ from chat.core.teaching import TeachingEvent
 from chat.home import Home, HomeError, resolve_home
 from chat.invite import Invite, InviteError, decode_invite, encode_invite
 from chat.limits import DEFAULT_RELAY, DEFAULT_ROOM, MAX_ROOM_NAME_BYTES
+from chat.passphrase import PassphraseError, load_identity, set_passphrase
 from chat.transport import (
     DirectListener,
     Link,
@@ -145,6 +147,22 @@ def build_parser() -> argparse.ArgumentParser:
         type=_ws_url,
         metavar="ws://HOST:PORT",
         help="direct mode: connect to a peer started with --listen (no relay)",
+    )
+    parser.add_argument(
+        "--passphrase-file",
+        metavar="FILE",
+        help="the identity's passphrase, read from FILE (without it, a protected "
+        "identity asks at the terminal)",
+    )
+    parser.add_argument(
+        "--set-passphrase",
+        action="store_true",
+        help="with `id`: protect the identity with a new passphrase, or change it",
+    )
+    parser.add_argument(
+        "--new-passphrase-file",
+        metavar="FILE",
+        help="with `id --set-passphrase`: read the new passphrase from FILE",
     )
     parser.add_argument(
         "--show-handshake",
@@ -317,13 +335,44 @@ def _run_demo(argv: Sequence[str]) -> int:
     return result or 0
 
 
+def _identity(args: argparse.Namespace, home: Home) -> Identity:
+    """Load (or create) the identity, unlocking or protecting it as asked."""
+    # The prompt needs a person at a terminal; getpass reads from it.
+    interactive = sys.stdin.isatty()
+    if args.set_passphrase:
+        identity = set_passphrase(
+            home.identity_path,
+            args.passphrase_file,
+            args.new_passphrase_file,
+            interactive=interactive,
+            notice=_notice,
+        )
+        _notice(f"{home.identity_path} is now protected by the new passphrase")
+        return identity
+    return load_identity(
+        home.identity_path,
+        args.passphrase_file,
+        interactive=interactive,
+        notice=_notice,
+    )
+
+
+def _notice(text: str) -> None:
+    print(f"saltchat: {text}", file=sys.stderr)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the `saltchat` command; return the exit status."""
     argv = list(sys.argv[1:] if argv is None else argv)
     if argv[:1] == ["demo"]:
         return _run_demo(argv[1:])
 
-    args = build_parser().parse_intermixed_args(argv)
+    parser = build_parser()
+    args = parser.parse_intermixed_args(argv)
+    if args.set_passphrase and args.command != "id":
+        parser.error("--set-passphrase goes with the `id` command")
+    if args.new_passphrase_file and not args.set_passphrase:
+        parser.error("--new-passphrase-file goes with `id --set-passphrase`")
     logging.basicConfig(
         level=(logging.WARNING, logging.INFO, logging.DEBUG)[min(args.verbose, 2)],
         format="%(asctime)s %(name)s %(levelname)s %(message)s",
@@ -331,12 +380,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     try:
         home = Home(resolve_home(args.home, os.environ))
-        identity = Identity.load_or_create(home.identity_path)
+        identity = _identity(args, home)
         if args.command == "id":
             print(identity.public.fingerprint())
             return 0
         return asyncio.run(_chat(args, home, identity))
-    except (SetupError, HomeError, KeyFileError) as exc:
+    except (SetupError, HomeError, KeyFileError, PassphraseError) as exc:
         print(f"saltchat: {exc}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:

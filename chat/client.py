@@ -7,9 +7,9 @@ section 5), and it owns everything a session does not:
 - the link (relay or direct), with reconnects under bounded exponential
   backoff and jitter; after a reconnect every established session is rekeyed
   (protocol.md section 9) and every undelivered message is resent;
-- nicknames, exchanged inside the channel as a control message (a text whose
-  first character is NUL, which a user cannot type) and never trusted for
-  identity: the identity is the key proven in the handshake;
+- nicknames, exchanged inside the channel as a PROFILE payload (protocol.md
+  section 7.4) once per session and never trusted for identity: the
+  identity is the key proven in the handshake;
 - trust on first use (chat.trust): a peer whose key changed is held, its
   frames left unprocessed and unacknowledged, until the user runs /trust;
 - an outbox with end-to-end receipts: a message leaves the outbox when every
@@ -46,6 +46,7 @@ from chat.core.session import (
     MessageReceived,
     PeerClosed,
     PeerRestarted,
+    ProfileReceived,
     ReceiptReceived,
     Rekeyed,
     Session,
@@ -94,8 +95,6 @@ __all__ = [
 
 logger = logging.getLogger("chat.client")
 
-_CONTROL = "\x00"
-_HELLO = _CONTROL + "nick "
 _HANDSHAKING = (
     SessionState.IDLE,
     SessionState.HELLO_SENT,
@@ -103,6 +102,10 @@ _HANDSHAKING = (
     SessionState.CONFIRMING,
 )
 _DEAD = (SessionState.CLOSED, SessionState.FAILED)
+
+# Rejections of a peer's AUTH that mean its handshake failed (protocol.md
+# section 5.2): reported as one `handshake-failed` alert with advice.
+_AUTH_FAILURES = frozenset({"forgery", "handshake-failed"})
 
 # Rejections that happen in normal operation (frames from an earlier session
 # left in the mailbox, a repeated HELLO, a record racing a rekey): counted in
@@ -207,6 +210,7 @@ class _Peer:
     failed_at: float | None = None
     failures: int = 0
     named_in: int = -1  # generation in which the peer's nickname arrived
+    warned: Session | None = None  # session whose failed handshake was reported
     held: deque[tuple[bytes, int]] = field(default_factory=deque)
     early: deque[tuple[bytes, str]] = field(default_factory=deque)
 
@@ -234,6 +238,7 @@ class ChatClient:
         observer: Callable[[TeachingEvent], None] | None = None,
         clock: Callable[[], float] = time.monotonic,
         backoff: Callable[[], Iterator[float]] = backoff_delays,
+        sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
     ) -> None:
         """Set up a client; `run()` connects and keeps it connected.
 
@@ -249,6 +254,7 @@ class ChatClient:
             observer: receives the core's TeachingEvents (--show-handshake).
             clock: monotonic time source handed to the core as `now`.
             backoff: factory of reconnect delay iterators.
+            sleep: waits while sending is paced (seconds of `clock`).
         """
         self._identity = identity
         self._room = room
@@ -260,6 +266,7 @@ class ChatClient:
         self._observer = observer
         self._clock = clock
         self._backoff = backoff
+        self._sleep = sleep
 
         self._peers: dict[bytes, _Peer] = {}
         self._outbox: OrderedDict[bytes, _Outgoing] = OrderedDict()
@@ -338,7 +345,9 @@ class ChatClient:
         delay = next(delays)
         was = self.connection
         self.connection = "disconnected"
-        if was != "disconnected" or not self._connected_once:
+
+        # Once per loss of the link: retries that fail say nothing new.
+        if was != "disconnected":
             self._emit(
                 ClientEvent(
                     "disconnected", {"reason": reason, "retry_in": round(delay, 2)}
@@ -403,7 +412,7 @@ class ChatClient:
         )
         self._refilled = now
         if self._tokens < 1.0:
-            await asyncio.sleep((1.0 - self._tokens) / SEND_RATE)
+            await self._sleep((1.0 - self._tokens) / SEND_RATE)
             self._tokens = 1.0
             self._refilled = self._clock()
         self._tokens -= 1.0
@@ -584,7 +593,7 @@ class ChatClient:
                 peer.held.append((payload, frame_id))
             return
 
-        self._process(peer, payload)
+        self._process(peer, payload, frame_id)
         self._ack(frame_id)
         self._pump()
 
@@ -592,7 +601,7 @@ class ChatClient:
         if frame_id:
             self._acks.append(frame_id)
 
-    def _process(self, peer: _Peer, payload: bytes) -> None:
+    def _process(self, peer: _Peer, payload: bytes, frame_id: int = 0) -> None:
         try:
             kind = frame_kind(payload)
         except PeerError as exc:
@@ -617,15 +626,31 @@ class ChatClient:
         ):
             logger.debug("dropped a %s frame from %s: no session", kind, peer.label)
             return
-        self._guard(peer, partial(session.receive, payload, self._clock()))
+        step = partial(session.receive, payload, self._clock())
+        if kind == "auth":
+            self._guard(peer, step, auth_stored=frame_id != 0)
+        else:
+            self._guard(peer, step)
 
-    def _guard(self, peer: _Peer, step: Callable[[], Any]) -> None:
-        """Run one session step, handle its events and its errors."""
+    def _guard(
+        self, peer: _Peer, step: Callable[[], Any], auth_stored: bool | None = None
+    ) -> None:
+        """Run one session step, handle its events and its errors.
+
+        Args:
+            peer: whose session runs the step.
+            step: the session call.
+            auth_stored: for an AUTH frame, whether it came from the mailbox;
+                None for every other step.
+        """
         session = peer.session
         try:
             events = step() or []
         except PeerError as exc:
-            self._alert(peer, exc)
+            if auth_stored is not None and exc.kind in _AUTH_FAILURES:
+                self._handshake_failed(peer, session, exc, stored=auth_stored)
+            else:
+                self._alert(peer, exc)
             if exc.fatal and peer.session is session:
                 peer.session = None
                 peer.ready = False
@@ -637,6 +662,57 @@ class ChatClient:
             return
         for event in events:
             self._on_session_event(peer, event)
+
+    def _handshake_failed(
+        self, peer: _Peer, session: Session | None, exc: PeerError, stored: bool
+    ) -> None:
+        """Tell the user that a peer's AUTH failed, and what to do about it.
+
+        An AUTH that does not open means the two sides derived different keys
+        from the key exchange: someone on the path (the relay) replaced an
+        ephemeral key, or the sender does not hold the room secret. A bad signature
+        means the sender knows the room secret but not the identity it claims
+        (protocol.md section 5.2). Either way there is no secure session.
+        """
+        # An AUTH from the mailbox is most often left over from an earlier
+        # attempt that the peer abandoned, not evidence of tampering.
+        if stored and not exc.fatal:
+            logger.info("dropped a stored AUTH from %s: %s", peer.label, exc)
+            return
+
+        # One alert per session: retransmissions and retries say nothing new.
+        if peer.warned is session and session is not None:
+            logger.info("handshake with %s failed again: %s", peer.label, exc)
+            return
+        peer.warned = session
+        name = self._name(peer)
+        if exc.kind == "forgery":
+            reason = (
+                "its handshake message (AUTH) does not authenticate, so the two "
+                "of you ended up with different keys: someone between you, most "
+                "likely the relay, replaced a key, or this peer does not hold "
+                "the room secret"
+            )
+        else:
+            reason = f"its handshake message (AUTH) is invalid ({exc})"
+        self._emit(
+            ClientEvent(
+                "alert",
+                {
+                    "kind": "handshake-failed",
+                    "peer": name,
+                    "cause": exc.kind,
+                    "detail": (
+                        f"no secure session with {name}: {reason}. None of your "
+                        f"messages went to {name}. Do not trust this relay for "
+                        "this room: meet through another relay or directly "
+                        "(--listen / --connect), check that you both use the "
+                        "same invite code, and compare safety numbers with "
+                        "/verify."
+                    ),
+                },
+            )
+        )
 
     def _alert(self, peer: _Peer, exc: PeerError) -> None:
         if exc.kind in _QUIET_KINDS:
@@ -657,6 +733,8 @@ class ChatClient:
                 self._on_text(peer, message_id, text)
             case ReceiptReceived(message_id):
                 self._on_receipt(peer, message_id)
+            case ProfileReceived(nickname):
+                self._on_profile(peer, nickname)
             case Rekeyed(epoch):
                 logger.info("session with %s rekeyed to epoch %d", peer.label, epoch)
             case PeerClosed():
@@ -679,13 +757,9 @@ class ChatClient:
         peer.failures = 0
         peer.ready = False
         assert peer.session is not None
-        session = peer.session
-        self._guard(peer, partial(_seal, session, _HELLO + self.nick, self._clock()))
+        self._guard(peer, partial(peer.session.send_profile, self.nick, self._clock()))
 
     def _on_text(self, peer: _Peer, message_id: bytes, text: str) -> None:
-        if text.startswith(_CONTROL):
-            self._on_control(peer, text)
-            return
         if not peer.ready:
             if len(peer.early) < HELD_FRAMES_PER_PEER:
                 peer.early.append((message_id, text))
@@ -716,18 +790,14 @@ class ChatClient:
             )
         )
 
-    def _on_control(self, peer: _Peer, text: str) -> None:
+    def _on_profile(self, peer: _Peer, nickname: str) -> None:
         # One nickname per session: a peer cannot rename itself mid-session
         # (nor make us pin names, and write the trust store, without end).
-        if (
-            not text.startswith(_HELLO)
-            or peer.identity is None
-            or peer.named_in == peer.generation
-        ):
-            logger.debug("ignored a control message from %s", peer.label)
+        if peer.identity is None or peer.named_in == peer.generation:
+            logger.debug("ignored a second profile from %s", peer.label)
             return
         peer.named_in = peer.generation
-        peer.nick = sanitize_nick(text[len(_HELLO) :])
+        peer.nick = sanitize_nick(nickname)
         try:
             decision = self._trust.check(peer.identity.key, peer.nick, self._slot(peer))
         except (TrustStoreError, OSError) as exc:
@@ -989,7 +1059,7 @@ class ChatClient:
         # Held frames are processed now, in order, and acknowledged.
         while peer.held and peer.trust != TrustState.CHANGED:
             payload, frame_id = peer.held.popleft()
-            self._process(peer, payload)
+            self._process(peer, payload, frame_id)
             self._ack(frame_id)
         self._pump()
         self._dirty.set()

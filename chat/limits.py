@@ -22,11 +22,13 @@ __all__ = [
     "MAX_COMMAND_BYTES",
     "MAX_INPUT_LINE_BYTES",
     "MAX_NICK_CHARS",
+    "MAX_PASSPHRASE_BYTES",
     "MAX_PEERS",
     "MAX_ROOM_NAME_BYTES",
     "MAX_TRUST_ENTRIES",
     "OUTBOX_MAX_BYTES",
     "OUTBOX_MAX_MESSAGES",
+    "PASSPHRASE_ATTEMPTS",
     "RECONNECT_BASE_SECONDS",
     "RECONNECT_CAP_SECONDS",
     "RECONNECT_FACTOR",
@@ -103,6 +105,12 @@ MAX_INPUT_LINE_BYTES: Final = 32768 - 1 - 2 - 16
 
 MAX_COMMAND_BYTES: Final = 1024
 """Longest command line (`/verify NICK 60-DIGITS` fits easily)."""
+
+MAX_PASSPHRASE_BYTES: Final = 1024
+"""Longest identity passphrase, typed or read from --passphrase-file."""
+
+PASSPHRASE_ATTEMPTS: Final = 3
+"""Passphrases a user may type at the prompt before the client gives up."""
 
 MAX_TRUST_ENTRIES: Final = 10000
 """Identities pinned in the trust store."""

@@ -2,8 +2,9 @@
 """Regenerate tests/vectors/session_v1.json deterministically.
 
 Fixed identity seeds, a fixed room secret and a fixed stream of random bytes
-per side go in; the exact frames of a full handshake, messages both ways, a
-rekey and messages after it come out (see docs/protocol.md section 18).
+per side go in; the exact frames of a full handshake, a PROFILE each way,
+messages both ways, a rekey and messages after it come out (see
+docs/protocol.md section 18).
 
 Usage: python3 scripts/make_vectors.py [--check]
 """
@@ -92,6 +93,9 @@ class Run:
         step: dict[str, Any] = {"action": action, "now": now}
         if action == "start":
             session.start()
+        elif action == "send_profile":
+            step["nickname"] = text
+            session.send_profile(text, now)
         elif action == "send_text":
             step["text"] = text
             step["message_id"] = session.send_text(text, now).hex()
@@ -169,6 +173,9 @@ def build() -> dict[str, Any]:
     run = Run()
     run.act("alice", "start", 0.0)
     run.deliver_all(0.0)
+    run.act("alice", "send_profile", 0.5, "Alice")
+    run.act("bob", "send_profile", 0.5, "Bob \u00e9")
+    run.deliver_all(0.5)
     run.act("alice", "send_text", 1.0, "Hello, Bob!")
     run.act("bob", "send_text", 1.0, "Hi Alice.")
     run.deliver_all(1.0)
@@ -189,8 +196,8 @@ def build() -> dict[str, Any]:
             "random": [x.hex() for x in run.randoms[side].outputs],
         }
     return {
-        "description": "saltchat protocol v1: handshake, messages, rekey, messages "
-        "(docs/protocol.md section 18)",
+        "description": "saltchat protocol v1: handshake, profiles, messages, "
+        "rekey, messages (docs/protocol.md section 18)",
         "protocol_version": 1,
         "room": {
             "room_secret": ROOM_SECRET.hex(),

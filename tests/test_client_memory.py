@@ -9,9 +9,13 @@ from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
+import nacl.bindings
+import nacl.utils
 import pytest
 
 from chat.client import ChatClient, ClientEvent, CommandError
+from chat.core.channel import record_nonce
+from chat.core.frames import unpad
 from chat.core.identity import Identity
 from chat.core.rooms import RoomKeys
 from chat.trust import TrustStore
@@ -231,11 +235,43 @@ async def test_a_peer_cannot_rename_itself_mid_session(room: Room) -> None:
     alice, bob = await _pair(room)
     session = bob.client._peers[A].session
     assert session is not None
-    session.send_text("\x00nick mallory", 0.0)
+    session.send_profile("mallory", 0.0)
     bob.client._dirty.set()
     await room.hub.settle()
 
     assert [peer["peer"] for peer in alice.client.who()] == ["bob"]
+
+
+async def test_the_nickname_travels_as_a_profile_not_as_text(room: Room) -> None:
+    sent: list[tuple[str, bytes]] = []
+
+    def tap(sender: bytes, _to: bytes, payload: bytes) -> bytes:
+        sent.append((sender.hex(), payload))
+        return payload
+
+    room.hub.tap = tap
+    alice, _ = await _pair(room)
+
+    # One of Bob's first records in epoch 0 is PROFILE "bob" (type 6),
+    # opened here by hand with Alice's receive key (protocol.md section 7.2).
+    session = alice.client._peers[B].session
+    assert session is not None and session.channel is not None
+    channel = session.channel
+    key = channel.epochs[0].recv_key.reveal()
+    plaintexts = [
+        unpad(
+            nacl.bindings.crypto_secretbox_open_easy(
+                p[14:],
+                record_nonce(0, int.from_bytes(p[6:14], "big"), channel.peer_role),
+                key,
+            )
+        )
+        for s, p in sent
+        if s == B.hex() and p[1] == 3 and p[2:6] == bytes(4)
+    ]
+    assert b"\x01\x06bob" in plaintexts
+    assert not alice.find("message")
+    assert alice.find("secure", peer="bob")
 
 
 async def test_the_relay_sees_no_name_key_or_text(room: Room) -> None:
@@ -254,3 +290,55 @@ async def test_the_relay_sees_no_name_key_or_text(room: Room) -> None:
     for payload in payloads:
         for needle in (b"alice", b"bob", b"secret plan", bob.identity.public.key):
             assert needle not in payload
+
+
+async def _alice_waiting_for_bobs_auth(room: Room) -> Member:
+    # Bob's own AUTH never reaches Alice, so she waits for one (AUTH_SENT).
+    def drop_bobs_auth(sender: bytes, _to: bytes, payload: bytes) -> bytes | None:
+        return None if sender == B and payload[:2] == b"\x01\x02" else payload
+
+    room.hub.tap = drop_bobs_auth
+    alice = room.join("alice", A)
+    room.join("bob", B)
+    await room.hub.settle()
+    return alice
+
+
+async def test_a_forged_auth_is_one_handshake_failed_alert(room: Room) -> None:
+    alice = await _alice_waiting_for_bobs_auth(room)
+    forged = b"\x01\x02" + bytes(112)
+
+    alice.client._on_inbound(B, 0, forged)
+    alice.client._on_inbound(B, 0, forged)
+
+    (alert,) = alice.find("alert")
+    assert alert["kind"] == "handshake-failed"
+    assert alert["cause"] == "forgery"
+    assert "relay" in alert["detail"]
+
+
+async def test_a_stale_auth_from_the_mailbox_raises_no_alert(room: Room) -> None:
+    alice = await _alice_waiting_for_bobs_auth(room)
+
+    alice.client._on_inbound(B, 7, b"\x01\x02" + bytes(112))
+
+    assert not alice.find("alert")
+    assert 7 in alice.client._acks
+
+
+async def test_a_key_swapping_relay_is_one_alert_on_each_side(room: Room) -> None:
+    def swap_ephemerals(_sender: bytes, _to: bytes, payload: bytes) -> bytes:
+        if payload[:2] == b"\x01\x01":
+            swapped = nacl.bindings.crypto_scalarmult_base(nacl.utils.random(32))
+            return payload[:2] + swapped + payload[34:]
+        return payload
+
+    room.hub.tap = swap_ephemerals
+    alice = room.join("alice", A)
+    bob = room.join("bob", B)
+    await room.hub.settle()
+
+    for member in (alice, bob):
+        (alert,) = member.find("alert")
+        assert alert["kind"] == "handshake-failed"
+        assert not member.find("secure")

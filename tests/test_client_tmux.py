@@ -13,6 +13,7 @@ from pathlib import Path
 
 import pytest
 
+from chat.core.identity import Identity
 from tests.client_helpers import (  # noqa: F401 (cluster is a fixture)
     DEADLINE,
     ROOT,
@@ -55,6 +56,16 @@ async def _screen_shows(tmux: list[str], text: str) -> str:
     return screen
 
 
+def _start(tmux: list[str], command: list[str]) -> None:
+    """Run `command` in a new tmux session, then show its exit status."""
+    shell = f"cd {shlex.quote(str(ROOT))} && PYTHONPATH=. {shlex.join(command)}"
+    shell += "; echo EXITED $?; sleep 60"
+    subprocess.run(
+        [*tmux, "new-session", "-d", "-s", "chat", "-x", "200", "-y", "50", shell],
+        check=True,
+    )
+
+
 def _type(tmux: list[str], line: str) -> None:
     subprocess.run([*tmux, "send-keys", "-t", "chat", "-l", line], check=True)
     subprocess.run([*tmux, "send-keys", "-t", "chat", "Enter"], check=True)
@@ -78,12 +89,7 @@ async def test_plain_mode_in_a_terminal(
         "--room",
         "tmux-room",
     ]
-    shell = f"cd {shlex.quote(str(ROOT))} && PYTHONPATH=. {shlex.join(command)}"
-    shell += "; echo EXITED $?; sleep 60"
-    subprocess.run(
-        [*tmux, "new-session", "-d", "-s", "chat", "-x", "200", "-y", "50", shell],
-        check=True,
-    )
+    _start(tmux, command)
     await _screen_shows(tmux, "ready as alice")
     bob = await cluster.client("bob", "--relay", relay.url, "--room", "tmux-room")
     await _screen_shows(tmux, "secure session with bob")
@@ -103,3 +109,29 @@ async def test_plain_mode_in_a_terminal(
     assert "delivered" in screen
     assert "1 message(s) NOT delivered" in screen
     assert "'anyone?' for bob" in screen
+
+
+async def test_passphrase_is_asked_at_the_terminal_without_echo(
+    tmux: list[str], tmp_path: Path
+) -> None:
+    home = tmp_path / "alice"
+    home.mkdir()
+    identity = Identity.generate()
+    identity.save(home / "identity.json", b"old-pass-42")
+    command = [sys.executable, "-m", "chat", "--home", str(home), "id"]
+    _start(tmux, [*command, "--set-passphrase"])
+
+    await _screen_shows(tmux, "Identity passphrase:")
+    _type(tmux, "wrong-pass-13")
+    await _screen_shows(tmux, "try again")
+    _type(tmux, "old-pass-42")
+    await _screen_shows(tmux, "New identity passphrase:")
+    _type(tmux, "new-pass-97")
+    await _screen_shows(tmux, "The same passphrase again:")
+    _type(tmux, "new-pass-97")
+    screen = await _screen_shows(tmux, "EXITED 0")
+
+    assert identity.public.fingerprint() in screen
+    assert "pass-" not in screen
+    loaded = Identity.load(home / "identity.json", b"new-pass-97")
+    assert loaded.public == identity.public

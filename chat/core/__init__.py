@@ -24,6 +24,7 @@ from chat.core.errors import (
     StaleFrame,
     UnexpectedFrame,
     UnsupportedVersion,
+    WrongPassphrase,
 )
 from chat.core.frames import frame_kind
 from chat.core.identity import (
@@ -39,6 +40,7 @@ from chat.core.session import (
     MessageReceived,
     PeerClosed,
     PeerRestarted,
+    ProfileReceived,
     ReceiptReceived,
     Rekeyed,
     Session,
@@ -66,6 +68,7 @@ __all__ = [
     "PeerClosed",
     "PeerError",
     "PeerRestarted",
+    "ProfileReceived",
     "PublicIdentity",
     "ReceiptReceived",
     "ReflectedFrame",
@@ -81,6 +84,7 @@ __all__ = [
     "TeachingEvent",
     "UnexpectedFrame",
     "UnsupportedVersion",
+    "WrongPassphrase",
     "fingerprint_matches",
     "frame_kind",
     "safety_number",

@@ -21,7 +21,8 @@
     │   ├── UnexpectedFrame     "unexpected": no transition for it in this state
     │   ├── HandshakeFailed     "handshake-failed": authenticated failure, fatal
     │   └── KeyChanged          "identity-changed": not the expected peer, fatal
-    └── KeyFileError            unreadable or corrupt key file, wrong passphrase
+    └── KeyFileError            unreadable or corrupt key file, no passphrase
+        └── WrongPassphrase     the passphrase does not open the key file
 
 A non-fatal :class:`PeerError` means the frame was dropped and the session is
 exactly as it was before the frame arrived. A fatal one means the session is
@@ -56,6 +57,7 @@ __all__ = [
     "StaleFrame",
     "UnexpectedFrame",
     "UnsupportedVersion",
+    "WrongPassphrase",
 ]
 
 
@@ -188,3 +190,10 @@ class KeyChanged(PeerError):
 
 class KeyFileError(SaltchatError):
     """The key file cannot be read, is corrupt, or the passphrase is wrong."""
+
+
+class WrongPassphrase(KeyFileError):
+    """The passphrase does not open the key file (or the file was altered).
+
+    Ask again; a user interface tells this apart from a corrupt file.
+    """

@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from typing import NamedTuple
 
 from chat.core.errors import MalformedFrame, UnsupportedVersion
-from chat.core.limits import MAX_PADDED, MIN_PADDED
+from chat.core.limits import MAX_NICKNAME_BYTES, MAX_PADDED, MIN_PADDED
 
 __all__ = [
     "AUTH_SIZE",
@@ -29,6 +29,7 @@ __all__ = [
     "Confirm",
     "Hello",
     "Payload",
+    "Profile",
     "Receipt",
     "Record",
     "Rekey",
@@ -38,6 +39,7 @@ __all__ = [
     "encode_record_header",
     "frame_kind",
     "is_canonical_point",
+    "nickname_problem",
     "pad",
     "padded_size",
     "parse_auth",
@@ -72,8 +74,11 @@ PAYLOAD_TEXT = 0x02
 PAYLOAD_RECEIPT = 0x03
 PAYLOAD_REKEY = 0x04
 PAYLOAD_CLOSE = 0x05
+PAYLOAD_PROFILE = 0x06
 
 _ZERO32 = bytes(32)
+_PADDING = b"\x80" + bytes(MAX_PADDED - 1)
+_TEXT_HEAD = bytes((PAYLOAD_VERSION, PAYLOAD_TEXT))
 _P25519 = 2**255 - 19
 _RECORD_HEADER = struct.Struct(">BBIQ")
 
@@ -179,18 +184,23 @@ def padded_size(length: int) -> int:
 
 def pad(plaintext: bytes) -> bytes:
     """plaintext || 0x80 || zeros, up to its bucket (section 7.3)."""
-    size = padded_size(len(plaintext))
+    # One slice of a ready-made tail and one concatenation: this runs for
+    # every record sealed.
+    length = len(plaintext)
+    size = max(MIN_PADDED, 1 << length.bit_length())
     if size > MAX_PADDED:
-        raise ValueError(f"{len(plaintext)} bytes do not fit in a record")
-    return plaintext + b"\x80" + bytes(size - len(plaintext) - 1)
+        raise ValueError(f"{length} bytes do not fit in a record")
+    return plaintext + _PADDING[: size - length]
 
 
 def unpad(padded: bytes) -> bytes:
     """Remove 0x80 || zeros; the padding is authenticated, so no oracle."""
-    stripped = padded.rstrip(b"\x00")
-    if not stripped or stripped[-1] != 0x80:
+    # The last 0x80 must be followed by zeros only, which is the same as
+    # "strip the zeros, then one 0x80", without copying the record twice.
+    end = padded.rfind(0x80)
+    if end < 0 or padded.count(0, end + 1) != len(padded) - end - 1:
         raise MalformedFrame("record padding is malformed")
-    return stripped[:-1]
+    return padded[:end]
 
 
 class Confirm(NamedTuple):
@@ -225,21 +235,52 @@ class Close(NamedTuple):
     reason: int
 
 
-Payload = Confirm | Text | Receipt | Rekey | Close
+class Profile(NamedTuple):
+    """The nickname the peer claims: a label to show, never an identity."""
+
+    nickname: str
+
+
+Payload = Confirm | Text | Receipt | Rekey | Close | Profile
+
+
+def _is_control(char: str) -> bool:
+    # Unicode general category Cc: C0 controls, DEL and C1 controls.
+    code = ord(char)
+    return code <= 0x1F or 0x7F <= code <= 0x9F
+
+
+def nickname_problem(nickname: str) -> str | None:
+    """Say what makes ``nickname`` invalid in a PROFILE, or None (section 7.4).
+
+    A nickname is 1 to MAX_NICKNAME_BYTES bytes of UTF-8 with no control
+    character (U+0000-U+001F, U+007F-U+009F).
+    """
+    try:
+        size = len(nickname.encode("utf-8"))
+    except UnicodeEncodeError:
+        return "a nickname must be valid UTF-8 (it holds a lone surrogate)"
+    if not 1 <= size <= MAX_NICKNAME_BYTES:
+        return f"a nickname is 1 to {MAX_NICKNAME_BYTES} bytes of UTF-8, not {size}"
+    if any(_is_control(char) for char in nickname):
+        return "a nickname must not contain control characters"
+    return None
 
 
 def encode_payload(payload: Payload) -> bytes:
     """payload_version || payload_type || body (section 7.4)."""
+    if isinstance(payload, Text):
+        return b"".join((_TEXT_HEAD, payload.message_id, payload.text.encode()))
     if isinstance(payload, Confirm):
         return bytes((PAYLOAD_VERSION, PAYLOAD_CONFIRM))
-    if isinstance(payload, Text):
-        head = bytes((PAYLOAD_VERSION, PAYLOAD_TEXT))
-        return head + payload.message_id + payload.text.encode("utf-8")
     if isinstance(payload, Receipt):
         return bytes((PAYLOAD_VERSION, PAYLOAD_RECEIPT)) + payload.message_id
     if isinstance(payload, Rekey):
         head = bytes((PAYLOAD_VERSION, PAYLOAD_REKEY))
         return head + struct.pack(">I", payload.new_epoch) + payload.public
+    if isinstance(payload, Profile):
+        head = bytes((PAYLOAD_VERSION, PAYLOAD_PROFILE))
+        return head + payload.nickname.encode("utf-8")
     return bytes((PAYLOAD_VERSION, PAYLOAD_CLOSE, payload.reason))
 
 
@@ -249,19 +290,35 @@ def parse_payload(plaintext: bytes) -> Payload:
         raise MalformedFrame("record payload is shorter than 2 bytes")
     if plaintext[0] != PAYLOAD_VERSION:
         raise UnsupportedVersion(f"payload version {plaintext[0]} is not supported")
-    kind, body = plaintext[1], plaintext[2:]
+    kind = plaintext[1]
 
-    if kind == PAYLOAD_CONFIRM and not body:
-        return Confirm()
-    if kind == PAYLOAD_TEXT and len(body) > 16:
+    # TEXT first, sliced once: it is the common case.
+    if kind == PAYLOAD_TEXT and len(plaintext) > 18:
         try:
-            return Text(body[:16], body[16:].decode("utf-8"))
+            return Text(plaintext[2:18], plaintext[18:].decode())
         except UnicodeDecodeError as exc:
             raise MalformedFrame("TEXT is not valid UTF-8") from exc
+    body = plaintext[2:]
+    if kind == PAYLOAD_CONFIRM and not body:
+        return Confirm()
     if kind == PAYLOAD_RECEIPT and len(body) == 16:
         return Receipt(body)
     if kind == PAYLOAD_REKEY and len(body) == 36:
         return Rekey(int.from_bytes(body[:4], "big"), body[4:])
     if kind == PAYLOAD_CLOSE and len(body) == 1:
         return Close(body[0])
+    if kind == PAYLOAD_PROFILE and 1 <= len(body) <= MAX_NICKNAME_BYTES:
+        return _parse_profile(body)
     raise MalformedFrame(f"payload type {kind} with a {len(body)}-byte body")
+
+
+def _parse_profile(body: bytes) -> Profile:
+    """Decode and check a PROFILE body whose size is already checked."""
+    try:
+        nickname = body.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise MalformedFrame("PROFILE nickname is not valid UTF-8") from exc
+    problem = nickname_problem(nickname)
+    if problem is not None:
+        raise MalformedFrame(f"PROFILE: {problem}")
+    return Profile(nickname)

@@ -23,7 +23,7 @@ import nacl.secret
 import nacl.signing
 import nacl.utils
 
-from chat.core.errors import KeyFileError
+from chat.core.errors import KeyFileError, WrongPassphrase
 from chat.core.kdf import LABEL_FINGERPRINT, h64
 from chat.core.limits import KEY_FILE_MAX_BYTES
 
@@ -174,6 +174,15 @@ class Identity:
             raise KeyFileError(f"{path}: public key does not match the secret key")
         return identity
 
+    @staticmethod
+    def is_protected(path: Path) -> bool:
+        """Tell whether the key file at ``path`` is sealed under a passphrase.
+
+        Raises:
+            KeyFileError: The file is missing, unreadable or not a key file.
+        """
+        return "argon2id" in _read_document(Path(path))
+
     @classmethod
     def load_or_create(cls, path: Path, passphrase: bytes | None = None) -> Identity:
         """Load the key file, or create and save a new identity if there is none."""
@@ -231,7 +240,7 @@ def _open_sealed_seed(sealed: dict[str, Any], passphrase: bytes | None) -> bytes
     try:
         return nacl.secret.SecretBox(key).decrypt(bytes.fromhex(sealed["sealed_seed"]))
     except nacl.exceptions.CryptoError as exc:
-        raise KeyFileError("wrong passphrase (or the key file was altered)") from exc
+        raise WrongPassphrase("wrong passphrase (or the key file was altered)") from exc
 
 
 def _read_document(path: Path) -> dict[str, Any]:

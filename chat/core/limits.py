@@ -12,6 +12,7 @@ __all__ = [
     "HANDSHAKE_TIMEOUT_SECONDS",
     "KEY_FILE_MAX_BYTES",
     "MAX_FRAME",
+    "MAX_NICKNAME_BYTES",
     "MAX_PADDED",
     "MAX_TEXT_BYTES",
     "MIN_PADDED",
@@ -64,6 +65,10 @@ MAX_PADDED = 32768
 #: Largest TEXT body in bytes: padded size minus the 0x80 padding byte, the
 #: payload version and type, and the 16-byte message id (section 7.4).
 MAX_TEXT_BYTES = MAX_PADDED - 1 - 2 - 16
+
+#: Largest PROFILE body: a nickname of UTF-8 bytes (section 7.4). Room for
+#: 32 characters of up to 4 bytes each.
+MAX_NICKNAME_BYTES = 128
 
 #: Largest frame on the wire: 14-byte header, 16-byte tag, padded plaintext.
 MAX_FRAME = 14 + 16 + MAX_PADDED

@@ -42,12 +42,14 @@ from chat.core.frames import (
     Confirm,
     Hello,
     Payload,
+    Profile,
     Receipt,
     Rekey,
     Text,
     encode_payload,
     frame_kind,
     is_canonical_point,
+    nickname_problem,
     pad,
     parse_hello,
     parse_payload,
@@ -78,6 +80,7 @@ __all__ = [
     "MessageReceived",
     "PeerClosed",
     "PeerRestarted",
+    "ProfileReceived",
     "ReceiptReceived",
     "Rekeyed",
     "Session",
@@ -122,6 +125,13 @@ class ReceiptReceived:
 
 
 @dataclass(frozen=True)
+class ProfileReceived:
+    """The peer claims ``nickname`` (a label to show; its key is its identity)."""
+
+    nickname: str
+
+
+@dataclass(frozen=True)
 class Rekeyed:
     """Both sides now send in ``epoch``."""
 
@@ -144,6 +154,7 @@ Event = (
     Established
     | MessageReceived
     | ReceiptReceived
+    | ProfileReceived
     | Rekeyed
     | PeerClosed
     | PeerRestarted
@@ -207,7 +218,8 @@ TRANSITIONS: dict[tuple[SessionState, str], str] = {
     (_S.ESTABLISHED, "hello"): "_hello_live",
     (_S.ESTABLISHED, "auth"): "_auth_later",
     (_S.ESTABLISHED, "record"): "_record",
-    (_S.ESTABLISHED, "send"): "_send_text",
+    (_S.ESTABLISHED, "send"): "_send_payload",
+    (_S.ESTABLISHED, "profile"): "_send_payload",
     (_S.ESTABLISHED, "rekey"): "_start_rekey",
 }
 
@@ -336,6 +348,24 @@ class Session:
         self._dispatch("send", Text(message_id, text))
         return message_id
 
+    def send_profile(self, nickname: str, now: float) -> None:
+        """Seal a PROFILE carrying the nickname we claim, and queue it (7.4).
+
+        The peer gets no receipt for it and may ignore it; the nickname is a
+        label, never an identity.
+
+        Raises:
+            LocalError: the nickname is empty, longer than MAX_NICKNAME_BYTES
+                in UTF-8, or holds a control character.
+            NotEstablished, SessionClosed, CounterExhausted: as for
+                :meth:`send_text`.
+        """
+        self._now = now
+        problem = nickname_problem(nickname)
+        if problem is not None:
+            raise LocalError(problem)
+        self._dispatch("profile", Profile(nickname))
+
     def rekey(self, now: float) -> None:
         """Ask for a new epoch now (section 9.1)."""
         self._now = now
@@ -382,7 +412,7 @@ class Session:
             raise UnexpectedFrame(
                 f"no transition for a {event} frame in state {state.name}"
             )
-        if event in ("send", "rekey"):
+        if event in ("send", "profile", "rekey"):
             raise NotEstablished(f"cannot send in state {state.name}: not established")
         raise LocalError(f"no transition for {event} in state {state.name}")
 
@@ -673,6 +703,8 @@ class Session:
             return [MessageReceived(payload.message_id, payload.text)]
         if isinstance(payload, Receipt):
             return [ReceiptReceived(payload.message_id)]
+        if isinstance(payload, Profile):
+            return [ProfileReceived(payload.nickname)]
         if isinstance(payload, Rekey):
             self._accept_rekey(channel, epoch, payload)
             return []
@@ -681,8 +713,8 @@ class Session:
             return [PeerClosed(payload.reason)]
         return []
 
-    def _send_text(self, arg: object) -> list[Event]:
-        assert isinstance(arg, Text)
+    def _send_payload(self, arg: object) -> list[Event]:
+        assert isinstance(arg, Text | Profile)
         channel = self.channel
         assert channel is not None
         if self._now - channel.sending.started >= REJECT_AFTER_SECONDS:

@@ -10,8 +10,15 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from chat.core import PeerError, Session, frame_kind
-from chat.core.frames import parse_auth, parse_hello, parse_payload, parse_record, unpad
+from chat.core import MalformedFrame, PeerError, Session, frame_kind
+from chat.core.frames import (
+    pad,
+    parse_auth,
+    parse_hello,
+    parse_payload,
+    parse_record,
+    unpad,
+)
 from chat.core.limits import MAX_FRAME
 from tests.core.core_support import ALICE, BOB, FAST, established, make_session
 
@@ -79,3 +86,35 @@ def test_session_refuses_oversized_input(size: int) -> None:
     session = _established()
     with pytest.raises(PeerError, match="too large"):
         session.receive(b"\x01\x03" + bytes(size - 2), 1)
+
+
+def _unpad_as_specified(padded: bytes) -> bytes | None:
+    # protocol.md section 7.3, literally: strip trailing zeros, then one 0x80.
+    stripped = padded.rstrip(b"\x00")
+    return stripped[:-1] if stripped.endswith(b"\x80") else None
+
+
+@FAST
+@given(
+    data=st.one_of(
+        st.binary(max_size=300),
+        st.tuples(st.binary(max_size=40), st.integers(0, 40)).map(
+            lambda t: t[0] + b"\x80" + bytes(t[1])
+        ),
+    )
+)
+def test_unpad_follows_the_spec_on_any_bytes(data: bytes) -> None:
+    expected = _unpad_as_specified(data)
+    if expected is None:
+        with pytest.raises(MalformedFrame):
+            unpad(data)
+    else:
+        assert unpad(data) == expected
+
+
+@FAST
+@given(plaintext=st.binary(max_size=5000))
+def test_pad_then_unpad_is_the_identity_in_a_bucket(plaintext: bytes) -> None:
+    padded = pad(plaintext)
+    assert len(padded) == max(256, 1 << len(plaintext).bit_length())
+    assert unpad(padded) == plaintext

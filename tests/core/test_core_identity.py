@@ -12,6 +12,7 @@ from chat.core import (
     Identity,
     KeyFileError,
     PublicIdentity,
+    WrongPassphrase,
     fingerprint_matches,
     safety_number,
 )
@@ -158,3 +159,19 @@ def test_public_identity_equality_and_hash() -> None:
 def test_public_identity_refuses_wrong_length() -> None:
     with pytest.raises(ValueError, match="32 bytes"):
         PublicIdentity(b"short")
+
+
+def test_wrong_passphrase_has_its_own_error(tmp_path: Path) -> None:
+    path = tmp_path / "id.json"
+    ALICE.save(path, passphrase=b"correct horse")
+    with pytest.raises(WrongPassphrase):
+        Identity.load(path, passphrase=b"battery staple")
+
+
+def test_a_protected_key_file_is_told_apart(tmp_path: Path) -> None:
+    clear, sealed = tmp_path / "clear.json", tmp_path / "sealed.json"
+    ALICE.save(clear)
+    ALICE.save(sealed, passphrase=b"correct horse")
+
+    assert not Identity.is_protected(clear)
+    assert Identity.is_protected(sealed)

@@ -79,6 +79,8 @@ def test_every_step_reproduces_its_frames_and_events() -> None:
         events: list[Event] = []
         if step["action"] == "start":
             session.start()
+        elif step["action"] == "send_profile":
+            session.send_profile(step["nickname"], step["now"])
         elif step["action"] == "send_text":
             mid = session.send_text(step["text"], step["now"])
             assert mid.hex() == step["message_id"], number
