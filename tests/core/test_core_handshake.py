@@ -433,7 +433,7 @@ def test_confirm_that_overtook_the_auth_is_answered_and_both_establish() -> None
     bob.receive(auth_a, 0)
     (confirm_b,) = bob.frames_to_send()
     assert alice.receive(confirm_b, 0)
-    assert bob.state is S.CONFIRMING
+    assert [bob.state] == [S.CONFIRMING]
 
     bob.tick(REKEY_RETRANSMIT_SECONDS)
     (resent_b,) = bob.frames_to_send()
