@@ -1,7 +1,7 @@
 """The envelope: the one definition of what a client and the relay exchange.
 
 Every WebSocket message between a client and the relay is one binary
-envelope (see protocol.md, "Envelope (relay protocol)"). Byte 0 is the
+envelope (see protocol.md section 19). Byte 0 is the
 envelope version, byte 1 the message type; all integers are big-endian. The
 relay reads only these routing headers: a `payload` is opaque bytes that the
 relay forwards byte for byte and never parses or logs.

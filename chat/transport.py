@@ -10,7 +10,7 @@ the session, trust and outbox logic:
   a non-zero `frame_id` came from the relay's mailbox and must be ACKed;
 - `SendRefused(recipient, reason)`: the relay refused a frame.
 
-`RelayLink` speaks the envelope (protocol.md, "Envelope (relay protocol)")
+`RelayLink` speaks the envelope (protocol.md section 19)
 to a relay. `DirectLink` carries raw channel frames over a WebSocket straight
 between two clients (`--listen` / `--connect`), with one fixed peer address.
 Only envelopes cross the relay: identities, nicknames and text are inside

@@ -3,7 +3,8 @@
 
 Fixed identity seeds, a fixed room secret and a fixed stream of random bytes
 per side go in; the exact frames of a full handshake, a PROFILE each way,
-messages both ways, a rekey and messages after it come out (see
+messages both ways, a rekey and messages after it come out, with room names,
+key files, short hashes, canonical keys and refused inputs (see
 docs/protocol.md section 18).
 
 Usage: python3 scripts/make_vectors.py [--check]
@@ -22,12 +23,31 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 import nacl.bindings  # noqa: E402
+import nacl.pwhash.argon2id  # noqa: E402
 
-from chat.core import Event, Identity, RoomKeys, Session, schedule  # noqa: E402
+from chat.core import (  # noqa: E402
+    Event,
+    Identity,
+    PeerError,
+    RoomKeys,
+    Session,
+    schedule,
+    short_hash,
+)
+from chat.core.frames import (  # noqa: E402
+    encode_hello,
+    is_canonical_point,
+    parse_payload,
+    unpad,
+)
+from chat.core.rooms import room_name_password  # noqa: E402
 
 OUTPUT = ROOT / "tests" / "vectors" / "session_v1.json"
 ROOM_SECRET = bytes(range(32))
 SEEDS = {"alice": bytes([0xA1]) * 32, "bob": bytes([0xB0]) * 32}
+
+# Published with the vectors on purpose; non-ASCII to pin the UTF-8 encoding.
+KEY_FILE_PASSPHRASE = "Grüße, Alice"  # noqa: S105
 
 
 class RecordedRandom:
@@ -168,6 +188,168 @@ def derived_keys(run: Run) -> dict[str, str]:
     return {name: value.hex() for name, value in values.items()}
 
 
+def room_name_vectors() -> list[dict[str, str]]:
+    """Room names as typed, the Argon2id password after NFC and trimming (3.2)."""
+    typed = ["kitchen", " Cafe\u0301 garden\u3000\n"]
+    vectors = []
+    for name in typed:
+        room = RoomKeys.from_name(name)
+        vectors.append(
+            {
+                "name": name,
+                "password": room_name_password(name).hex(),
+                "room_id": room.room_id.hex(),
+                "room_key": room.room_key.reveal().hex(),
+            }
+        )
+    return vectors
+
+
+def key_file_vectors() -> dict[str, Any]:
+    """Alice's identity in an unprotected and a protected key file (4.2).
+
+    The salt and nonce come from fixed labels so the file is reproducible;
+    the Argon2id limits are the smallest a reader accepts.
+    """
+    seed = SEEDS["alice"]
+    public = Identity.from_seed(seed).public.key.hex()
+    passphrase = KEY_FILE_PASSPHRASE
+    salt = hashlib.sha256(b"key-file-salt").digest()[:16]
+    nonce = hashlib.sha256(b"key-file-nonce").digest()[:24]
+    opslimit, memlimit = 2, 67108864
+    key = nacl.pwhash.argon2id.kdf(
+        32, passphrase.encode("utf-8"), salt, opslimit, memlimit
+    )
+    sealed = nonce + nacl.bindings.crypto_secretbox_easy(seed, nonce, key)
+    return {
+        "unprotected": {
+            "file": {
+                "format": "saltchat-identity-v1",
+                "public": public,
+                "seed": seed.hex(),
+            },
+        },
+        "protected": {
+            "passphrase": passphrase,
+            "passphrase_utf8": passphrase.encode("utf-8").hex(),
+            "argon2id_key": key.hex(),
+            "file": {
+                "format": "saltchat-identity-v1",
+                "public": public,
+                "argon2id": {
+                    "salt": salt.hex(),
+                    "opslimit": opslimit,
+                    "memlimit": memlimit,
+                    "sealed_seed": sealed.hex(),
+                },
+            },
+        },
+    }
+
+
+def short_hash_vectors(keys: dict[str, str]) -> list[dict[str, str]]:
+    """short_hash of a few secrets of the run (section 12)."""
+    names = ["root_0", "epoch0_k_lo2hi", "epoch0_k_hi2lo", "root_1"]
+    return [
+        {
+            "name": name,
+            "secret": keys[name],
+            "short_hash": short_hash(bytes.fromhex(keys[name])),
+        }
+        for name in names
+    ]
+
+
+_P = 2**255 - 19
+
+
+def canonical_vectors() -> list[dict[str, Any]]:
+    """X25519 keys and whether section 5.1 calls them canonical."""
+    values = {
+        "top bit of byte 0 set (u = 255)": b"\xff" + bytes(31),
+        "largest canonical (p - 1)": (_P - 1).to_bytes(32, "little"),
+        "p": _P.to_bytes(32, "little"),
+        "bit 255 set (u = 2^255)": bytes(31) + b"\x80",
+        "bit 255 set on a canonical key": b"\x09" + bytes(30) + b"\x80",
+    }
+    return [
+        {"name": name, "key": key.hex(), "canonical": is_canonical_point(key)}
+        for name, key in values.items()
+    ]
+
+
+def negative_vectors() -> list[dict[str, str]]:
+    """Inputs a receiver refuses, each with the kind of section 11."""
+    message_id = bytes(range(16))
+    hello = encode_hello(bytes(range(1, 33)))
+    cases: list[tuple[str, str, bytes]] = [
+        ("frame", "HELLO key with bit 255 set", encode_hello(bytes(31) + b"\x80")),
+        ("frame", "HELLO key equal to p", encode_hello(_P.to_bytes(32, "little"))),
+        (
+            "frame",
+            "HELLO key of small order (u = 1)",
+            encode_hello(b"\x01" + bytes(31)),
+        ),
+        ("frame", "HELLO one byte short", hello[:-1]),
+        ("frame", "frame version 2", b"\x02" + hello[1:]),
+        ("frame", "unknown frame type 0x04", b"\x01\x04" + hello[2:]),
+        ("frame", "RECORD of 285 bytes", b"\x01\x03" + bytes(283)),
+        ("frame", "AUTH before any HELLO", b"\x01\x02" + bytes(112)),
+        ("padded", "no 0x80 marker", bytes(256)),
+        (
+            "padded",
+            "a non-zero byte after the marker",
+            b"\x01\x01\x80\x01" + bytes(252),
+        ),
+        ("payload", "payload version 2", b"\x02\x01"),
+        ("payload", "unknown payload type 0xff", b"\x01\xff"),
+        ("payload", "CONFIRM with a body", b"\x01\x01\x00"),
+        ("payload", "TEXT without text", b"\x01\x02" + message_id),
+        (
+            "payload",
+            "TEXT with an encoded surrogate",
+            b"\x01\x02" + message_id + b"\xed\xa0\x80",
+        ),
+        (
+            "payload",
+            "TEXT with an overlong form",
+            b"\x01\x02" + message_id + b"\xc0\xaf",
+        ),
+        (
+            "payload",
+            "TEXT above U+10FFFF",
+            b"\x01\x02" + message_id + b"\xf4\x90\x80\x80",
+        ),
+        ("payload", "RECEIPT of 15 bytes", b"\x01\x03" + message_id[:15]),
+        ("payload", "CLOSE without a reason", b"\x01\x05"),
+    ]
+    return [
+        {
+            "layer": layer,
+            "name": name,
+            "input": data.hex(),
+            "kind": rejection(layer, data),
+        }
+        for layer, name, data in cases
+    ]
+
+
+def rejection(layer: str, data: bytes) -> str:
+    """The kind the reference gives ``data`` (so the file cannot drift)."""
+    room = RoomKeys.from_secret(ROOM_SECRET)
+    session = Session(Identity.from_seed(SEEDS["bob"]), room, now=0.0)
+    try:
+        if layer == "frame":
+            session.receive(data, 0.0)
+        elif layer == "padded":
+            unpad(data)
+        else:
+            parse_payload(data)
+    except PeerError as exc:
+        return exc.kind
+    raise AssertionError(f"the reference accepts a negative vector: {data.hex()}")
+
+
 def build() -> dict[str, Any]:
     """Run the scripted conversation and return the vector document."""
     run = Run()
@@ -186,6 +368,7 @@ def build() -> dict[str, Any]:
     run.deliver_all(3.0)
 
     room = RoomKeys.from_secret(ROOM_SECRET)
+    keys = derived_keys(run)
     sides = {}
     for side, seed in SEEDS.items():
         identity = Identity.from_seed(seed)
@@ -196,8 +379,9 @@ def build() -> dict[str, Any]:
             "random": [x.hex() for x in run.randoms[side].outputs],
         }
     return {
-        "description": "saltchat protocol v1: handshake, profiles, messages, "
-        "rekey, messages (docs/protocol.md section 18)",
+        "description": "saltchat protocol v1: handshake, profiles, messages, rekey, "
+        "messages; room names, key files, short hashes, canonical keys and refused "
+        "inputs (docs/protocol.md section 18)",
         "protocol_version": 1,
         "room": {
             "room_secret": ROOM_SECRET.hex(),
@@ -206,8 +390,13 @@ def build() -> dict[str, Any]:
         },
         **sides,
         "safety_number": run.sessions["alice"].safety_number,
-        "keys": derived_keys(run),
+        "keys": keys,
         "steps": run.steps,
+        "room_names": room_name_vectors(),
+        "key_files": key_file_vectors(),
+        "short_hash": short_hash_vectors(keys),
+        "canonical": canonical_vectors(),
+        "negative": negative_vectors(),
     }
 
 

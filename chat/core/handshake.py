@@ -66,6 +66,9 @@ class Handshake:
         peer: Set once the peer's AUTH verified.
         channel: Set once root_0 exists.
         confirmed: True once an authenticated record came from the peer.
+        confirm_at: When to resend our CONFIRM while unconfirmed (section 5.6).
+        confirms: Our first CONFIRM of each recent epoch, as sent (counter 0),
+            to answer a peer that resends its own (section 5.6).
     """
 
     def __init__(self, private: bytes, deadline: float) -> None:
@@ -76,6 +79,8 @@ class Handshake:
         self.peer: PublicIdentity | None = None
         self.channel: Channel | None = None
         self.confirmed = False
+        self.confirm_at = float("inf")
+        self.confirms: dict[int, bytes] = {}
         self.peer_auth: bytes | None = None
 
     def __repr__(self) -> str:

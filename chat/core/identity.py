@@ -47,6 +47,10 @@ _MEMLIMIT = nacl.pwhash.argon2id.MEMLIMIT_INTERACTIVE
 _MAX_OPSLIMIT = nacl.pwhash.argon2id.OPSLIMIT_SENSITIVE
 _MAX_MEMLIMIT = nacl.pwhash.argon2id.MEMLIMIT_SENSITIVE
 
+# sealed_seed = nonce[24] || tag[16] || sealed 32-byte seed (section 4.2).
+_SEALED_SEED_BYTES = 24 + 16 + 32
+_LOWER_HEX = frozenset("0123456789abcdef")
+
 
 @dataclass(frozen=True, eq=False)
 class PublicIdentity:
@@ -166,11 +170,12 @@ class Identity:
                 and no (or a wrong) passphrase was given.
         """
         document = _read_document(Path(path))
+        public = _hex_field(document, "public", 32)
         seed = _open_seed(document, passphrase)
         identity = cls.from_seed(seed)
 
         # The stored public key must be the seed's: catches a spliced file.
-        if identity.public.key.hex() != document.get("public"):
+        if not hmac.compare_digest(identity.public.key, public):
             raise KeyFileError(f"{path}: public key does not match the secret key")
         return identity
 
@@ -214,33 +219,51 @@ def _seal_seed(
 
 
 def _open_seed(document: dict[str, Any], passphrase: bytes | None) -> bytes:
-    try:
-        if "seed" in document:
-            seed = bytes.fromhex(document["seed"])
-        else:
-            seed = _open_sealed_seed(document["argon2id"], passphrase)
-    except (KeyError, TypeError, ValueError, AttributeError) as exc:
-        raise KeyFileError(f"key file is corrupt: {exc}") from exc
-    if len(seed) != 32:
-        raise KeyFileError("key file is corrupt: the seed is not 32 bytes")
-    return seed
+    # Exactly one of the two (section 4.2): a file with both is ambiguous.
+    if ("seed" in document) == ("argon2id" in document):
+        raise KeyFileError("key file is corrupt: it needs one of seed and argon2id")
+    if "seed" in document:
+        return _hex_field(document, "seed", 32)
+    sealed = document["argon2id"]
+    if not isinstance(sealed, dict):
+        raise KeyFileError("key file is corrupt: argon2id is not an object")
+    return _open_sealed_seed(sealed, passphrase)
 
 
 def _open_sealed_seed(sealed: dict[str, Any], passphrase: bytes | None) -> bytes:
     if passphrase is None:
         raise KeyFileError("key file is protected: a passphrase is needed")
-    opslimit, memlimit = int(sealed["opslimit"]), int(sealed["memlimit"])
+    opslimit, memlimit = _int_field(sealed, "opslimit"), _int_field(sealed, "memlimit")
     if not (_OPSLIMIT <= opslimit <= _MAX_OPSLIMIT) or not (
         _MEMLIMIT <= memlimit <= _MAX_MEMLIMIT
     ):
         raise KeyFileError("key file is corrupt: Argon2id limits out of range")
+    salt = _hex_field(sealed, "salt", nacl.pwhash.argon2id.SALTBYTES)
+    box = _hex_field(sealed, "sealed_seed", _SEALED_SEED_BYTES)
 
-    salt = bytes.fromhex(sealed["salt"])
     key = nacl.pwhash.argon2id.kdf(32, passphrase, salt, opslimit, memlimit)
     try:
-        return nacl.secret.SecretBox(key).decrypt(bytes.fromhex(sealed["sealed_seed"]))
+        return nacl.secret.SecretBox(key).decrypt(box)
     except nacl.exceptions.CryptoError as exc:
         raise WrongPassphrase("wrong passphrase (or the key file was altered)") from exc
+
+
+def _hex_field(fields: dict[str, Any], name: str, size: int) -> bytes:
+    """A field of ``size`` bytes in lowercase hex, the only form written."""
+    value = fields.get(name)
+    if not isinstance(value, str) or len(value) != 2 * size or set(value) - _LOWER_HEX:
+        raise KeyFileError(
+            f"key file is corrupt: {name} must be {2 * size} lowercase hex digits"
+        )
+    return bytes.fromhex(value)
+
+
+def _int_field(fields: dict[str, Any], name: str) -> int:
+    """A JSON integer; strings, floats and booleans are refused."""
+    value = fields.get(name)
+    if type(value) is not int:
+        raise KeyFileError(f"key file is corrupt: {name} must be a JSON integer")
+    return value
 
 
 def _read_document(path: Path) -> dict[str, Any]:

@@ -44,7 +44,8 @@ REJECT_AFTER_SECONDS = 1200.0
 #: Keep the previous epoch's receive key this long after switching (section 9).
 PREVIOUS_EPOCH_GRACE_SECONDS = 30.0
 
-#: Resend REKEY and the new epoch's CONFIRM this often until the switch.
+#: Resend REKEY and the new epoch's CONFIRM this often until the switch, and an
+#: unconfirmed handshake's CONFIRM until the peer answers (sections 5.6, 9.2).
 REKEY_RETRANSMIT_SECONDS = 5.0
 
 #: Restart a handshake that has not completed after this long (section 5.5),

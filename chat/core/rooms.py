@@ -6,13 +6,21 @@ See protocol.md section 3. The relay learns ``room_id`` and nothing of
 
 from __future__ import annotations
 
+import unicodedata
+
 import nacl.pwhash.argon2id
 import nacl.utils
 
 from chat.core.kdf import LABEL_ROOM_ID, LABEL_ROOM_KEY, LABEL_ROOM_NAME, kdf
 from chat.core.secrets import Secret
 
-__all__ = ["ROOM_NAME_MEMLIMIT", "ROOM_NAME_OPSLIMIT", "RoomKeys"]
+__all__ = [
+    "ROOM_NAME_MEMLIMIT",
+    "ROOM_NAME_OPSLIMIT",
+    "ROOM_NAME_TRIMMED",
+    "RoomKeys",
+    "room_name_password",
+]
 
 #: Argon2id cost of turning a room name into a room secret (section 3.2).
 ROOM_NAME_OPSLIMIT = nacl.pwhash.argon2id.OPSLIMIT_INTERACTIVE
@@ -20,6 +28,31 @@ ROOM_NAME_MEMLIMIT = nacl.pwhash.argon2id.MEMLIMIT_INTERACTIVE
 
 # The label "sc1-room-name" zero-padded to 16 bytes is the Argon2id salt.
 _ROOM_NAME_SALT = LABEL_ROOM_NAME
+
+#: What is trimmed from both ends of a room name: exactly the 25 code points
+#: of Unicode's White_Space property (section 3.2). Named in full, not left to
+#: str.strip(), whose idea of white space differs from other languages'.
+ROOM_NAME_TRIMMED = (
+    "\t\n\v\f\r \x85\xa0\u1680"
+    "\u2000\u2001\u2002\u2003\u2004\u2005\u2006\u2007\u2008\u2009\u200a"
+    "\u2028\u2029\u202f\u205f\u3000"
+)
+
+
+def room_name_password(name: str) -> bytes:
+    """The Argon2id password for a room name (section 3.2).
+
+    NFC first, so that "é" typed as one code point or as "e" and a combining
+    accent names one room; then the White_Space code points at both ends are
+    trimmed. Case and inner white space are kept.
+
+    Raises:
+        ValueError: nothing is left of the name.
+    """
+    trimmed = unicodedata.normalize("NFC", name).strip(ROOM_NAME_TRIMMED)
+    if not trimmed:
+        raise ValueError("a room name cannot be empty or only white space")
+    return trimmed.encode("utf-8")
 
 
 class RoomKeys:
@@ -56,11 +89,9 @@ class RoomKeys:
         A name has little entropy: the relay can test guesses against room_id
         offline, at one Argon2id call each (section 3.2). Prefer invite codes.
         """
-        if not name:
-            raise ValueError("a room name cannot be empty")
         secret = nacl.pwhash.argon2id.kdf(
             32,
-            name.encode("utf-8"),
+            room_name_password(name),
             _ROOM_NAME_SALT,
             ROOM_NAME_OPSLIMIT,
             ROOM_NAME_MEMLIMIT,

@@ -618,6 +618,8 @@ class Session:
         peer = handshake.verify_auth(frame, self._identity, expected)
         channel = handshake.finish(peer, self._identity, frame, self._now)
         self._seal(channel, Confirm())
+        self._keep_confirm(handshake, 0, self._outbox[-1])
+        handshake.confirm_at = self._now + REKEY_RETRANSMIT_SECONDS
         if self._observer is not None:
             self._teach(
                 "keys",
@@ -635,6 +637,15 @@ class Session:
             self._live = self._new_handshake()
             self._send_hello(self._live, None)
 
+        # Our CONFIRM may have reached a peer that could not open it yet (its
+        # AUTH crossed ours): resend it until the peer answers (section 5.6).
+        for handshake in (self._live, self._candidate):
+            if handshake is None or handshake.channel is None or handshake.confirmed:
+                continue
+            if now >= handshake.confirm_at:
+                handshake.confirm_at = now + REKEY_RETRANSMIT_SECONDS
+                self._seal(handshake.channel, Confirm())
+
     # -- records (protocol.md sections 7 and 9) ------------------------------
 
     def _record(self, frame: object) -> list[Event]:
@@ -643,13 +654,44 @@ class Session:
         assert handshake.channel is not None
         if isinstance(payload, Rekey):
             self._check_rekey(handshake.channel, opened.epoch, payload)
+        resent = self._is_resent_confirm(handshake, opened, payload)
 
         handshake.channel.accept(opened)
         events = self._confirm(handshake)
         events += self._maybe_switch(handshake.channel, opened.epoch)
         events += self._deliver(handshake.channel, opened.epoch, payload)
+        if resent:
+            self._outbox.append(handshake.confirms[opened.epoch])
         self._refresh_stats()
         return events
+
+    @staticmethod
+    def _is_resent_confirm(
+        handshake: Handshake, opened: Opened, payload: Payload
+    ) -> bool:
+        """A CONFIRM past counter 0 in an epoch we already send in (5.6, 9.2).
+
+        The peer resends CONFIRM only while no record of ours in that epoch
+        has reached it, so ours was lost or came too early: answer with our
+        first CONFIRM, the same bytes at counter 0. A copy that arrives after
+        all is a replay; a CONFIRM at counter 0 never asks for an answer, so
+        two answers cannot answer each other.
+        """
+        assert handshake.channel is not None
+        return (
+            isinstance(payload, Confirm)
+            and opened.counter > 0
+            and handshake.confirmed
+            and opened.epoch == handshake.channel.send_epoch
+            and opened.epoch in handshake.confirms
+        )
+
+    @staticmethod
+    def _keep_confirm(handshake: Handshake, epoch: int, frame: bytes) -> None:
+        # Two epochs suffice: the current one and the one before the switch.
+        handshake.confirms[epoch] = frame
+        for old in sorted(handshake.confirms)[:-2]:
+            del handshake.confirms[old]
 
     def _open(self, frame: bytes) -> tuple[Handshake, Opened, Payload]:
         """Open with the live channel, else with a candidate's (section 5.4)."""
@@ -811,6 +853,8 @@ class Session:
         ours.private, ours.installed = None, rekey.public
         self._remember_peer_rekey(rekey)
         self._seal(channel, Confirm(), rekey.new_epoch)
+        assert self._live is not None
+        self._keep_confirm(self._live, rekey.new_epoch, self._outbox[-1])
         if self._observer is not None:
             self._teach(
                 "rekey",

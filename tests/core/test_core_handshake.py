@@ -15,13 +15,18 @@ from chat.core import (
     ReflectedFrame,
     ReplayedFrame,
     RoomKeys,
+    Session,
     SessionState,
     StaleFrame,
     UnexpectedFrame,
     UnsupportedVersion,
 )
 from chat.core.frames import encode_hello
-from chat.core.limits import HANDSHAKE_JITTER, HANDSHAKE_TIMEOUT_SECONDS
+from chat.core.limits import (
+    HANDSHAKE_JITTER,
+    HANDSHAKE_TIMEOUT_SECONDS,
+    REKEY_RETRANSMIT_SECONDS,
+)
 from chat.core.schedule import auth_nonce
 from tests.core.core_support import (
     ALICE,
@@ -370,3 +375,96 @@ def test_auth_of_the_wrong_size_is_refused(change: int) -> None:
     with pytest.raises(MalformedFrame, match="AUTH is 114 bytes"):
         alice.receive(wrong, 0)
     assert alice.state is S.AUTH_SENT
+
+
+def test_key_canonical_only_when_read_little_endian_is_accepted() -> None:
+    # Top bit of byte 0 set: read big-endian this would be >= 2^255 (section
+    # 5.1 reads little-endian, as RFC 7748 does, so it is u = 255).
+    bob = make_session(BOB)
+    bob.receive(encode_hello(b"\xff" + bytes(31)), 0)
+    assert bob.state is S.AUTH_SENT
+
+
+def test_key_canonical_only_when_read_big_endian_is_refused() -> None:
+    # Bit 255 is the top bit of the last byte: u = 2^255, not canonical.
+    bob = make_session(BOB)
+    with pytest.raises(MalformedFrame, match="canonical"):
+        bob.receive(encode_hello(bytes(31) + b"\x80"), 0)
+    assert bob.state is S.IDLE
+
+
+def alice_confirming() -> tuple[Session, Session, bytes, bytes, bytes]:
+    """Alice verified Bob's AUTH; return both, Bob's AUTH, Alice's AUTH, CONFIRM."""
+    alice, bob = make_session(ALICE), make_session(BOB)
+    hello_b, auth_b = answered(alice, bob)
+    alice.receive(hello_b, 0)
+    alice.receive(auth_b, 0)
+    auth_a, confirm_a = alice.frames_to_send()
+    return alice, bob, auth_b, auth_a, confirm_a
+
+
+def test_fresh_hello_in_hello_sent_is_answered_with_the_same_ephemeral() -> None:
+    alice, bob = make_session(ALICE), make_session(BOB)
+    alice.start()
+    bob.start()
+    (hello_a,) = alice.frames_to_send()
+    (hello_b,) = bob.frames_to_send()
+    alice.receive(hello_b, 0)
+    answer, _auth = alice.frames_to_send()
+    assert answer == hello_a[:34] + hello_b[2:34]
+
+
+def test_unconfirmed_side_resends_confirm_under_a_fresh_counter() -> None:
+    alice, _bob, _auth_b, _auth_a, confirm = alice_confirming()
+    alice.tick(REKEY_RETRANSMIT_SECONDS - 0.5)
+    assert alice.frames_to_send() == []
+    alice.tick(REKEY_RETRANSMIT_SECONDS)
+    (resent,) = alice.frames_to_send()
+    assert confirm[2:14] == bytes(4) + (0).to_bytes(8, "big")
+    assert resent[2:14] == bytes(4) + (1).to_bytes(8, "big")
+
+
+def test_confirm_that_overtook_the_auth_is_answered_and_both_establish() -> None:
+    # Bob sees Alice's CONFIRM before her AUTH and drops it; Alice establishes
+    # on Bob's CONFIRM. Bob's resent CONFIRM makes Alice send hers again.
+    alice, bob, _auth_b, auth_a, confirm_a = alice_confirming()
+    with pytest.raises(UnexpectedFrame):
+        bob.receive(confirm_a, 0)
+    bob.receive(auth_a, 0)
+    (confirm_b,) = bob.frames_to_send()
+    assert alice.receive(confirm_b, 0)
+    assert [bob.state] == [S.CONFIRMING]
+
+    bob.tick(REKEY_RETRANSMIT_SECONDS)
+    (resent_b,) = bob.frames_to_send()
+    alice.receive(resent_b, REKEY_RETRANSMIT_SECONDS)
+    assert alice.frames_to_send() == [confirm_a]
+    events = bob.receive(confirm_a, REKEY_RETRANSMIT_SECONDS)
+    assert isinstance(events[0], Established)
+    assert bob.state is S.ESTABLISHED
+
+    # A CONFIRM at counter 0 asks for nothing, so answers cannot loop.
+    assert bob.frames_to_send() == []
+
+
+@pytest.mark.parametrize("kind", ["auth", "record"])
+def test_auth_or_record_in_idle_is_unexpected(kind: str) -> None:
+    _alice, _bob, auth_b, _auth_a, confirm_a = alice_confirming()
+    idle = make_session(MALLORY)
+    with pytest.raises(UnexpectedFrame, match="IDLE"):
+        idle.receive(auth_b if kind == "auth" else confirm_a, 0)
+    assert idle.state is S.IDLE
+
+
+def test_hello_answering_us_with_another_key_after_pairing_is_stale() -> None:
+    alice, bob = make_session(ALICE), make_session(BOB)
+    hello_b, _ = answered(alice, bob)
+    alice.receive(hello_b, 0)
+    own_e = hello_b[34:66]
+    other = make_session(MALLORY)
+    other.start()
+    other_e = other.frames_to_send()[0][2:34]
+    before = snapshot(alice)
+    with pytest.raises(StaleFrame):
+        alice.receive(encode_hello(other_e, own_e), 0)
+    assert snapshot(alice) == before

@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import json
 import stat
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -77,6 +79,54 @@ def test_corrupt_key_file_is_a_key_file_error(tmp_path: Path, content: bytes) ->
     path.write_bytes(content)
     with pytest.raises(KeyFileError):
         Identity.load(path)
+
+
+def _saved_then_edited(
+    path: Path, passphrase: bytes | None, edit: Callable[[dict[str, Any]], None]
+) -> None:
+    ALICE.save(path, passphrase)
+    document = json.loads(path.read_text())
+    edit(document)
+    path.write_text(json.dumps(document))
+
+
+@pytest.mark.parametrize(
+    ("edit", "complaint"),
+    [
+        (lambda d: d.update(public=d["public"].upper()), "public must be"),
+        (lambda d: d.update(seed="AB" + d["seed"][2:]), "seed must be"),
+        (lambda d: d.update(seed=d["seed"][:-2]), "seed must be"),
+        (lambda d: d.update(seed=0), "seed must be"),
+        (lambda d: d.update(argon2id={}), "one of seed and argon2id"),
+        (lambda d: d.pop("seed"), "one of seed and argon2id"),
+    ],
+)
+def test_unprotected_key_file_is_read_strictly(
+    tmp_path: Path, edit: Callable[[dict[str, Any]], None], complaint: str
+) -> None:
+    path = tmp_path / "id.json"
+    _saved_then_edited(path, None, edit)
+    with pytest.raises(KeyFileError, match=complaint):
+        Identity.load(path)
+
+
+@pytest.mark.parametrize(
+    ("field", "value", "complaint"),
+    [
+        ("opslimit", "2", "opslimit must be a JSON integer"),
+        ("memlimit", 67108864.0, "memlimit must be a JSON integer"),
+        ("opslimit", True, "opslimit must be a JSON integer"),
+        ("salt", "00" * 15, "salt must be"),
+        ("sealed_seed", "00" * 71, "sealed_seed must be"),
+    ],
+)
+def test_protected_key_file_is_read_strictly(
+    tmp_path: Path, field: str, value: object, complaint: str
+) -> None:
+    path = tmp_path / "id.json"
+    _saved_then_edited(path, b"pw", lambda d: d["argon2id"].update({field: value}))
+    with pytest.raises(KeyFileError, match=complaint):
+        Identity.load(path, passphrase=b"pw")
 
 
 def test_spliced_public_key_is_refused(tmp_path: Path) -> None:

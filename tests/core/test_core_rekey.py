@@ -245,3 +245,64 @@ def test_rekey_started_by_the_responder() -> None:
     bob.rekey(1)
     events_a, events_b = pump(alice, bob, 1)
     assert events_a == [Rekeyed(1)] and events_b == [Rekeyed(1)]
+
+
+def _header(frame: bytes) -> tuple[int, int]:
+    return int.from_bytes(frame[2:6], "big"), int.from_bytes(frame[6:14], "big")
+
+
+def test_answer_to_a_rekey_goes_out_before_the_new_epoch_confirm() -> None:
+    alice, bob = established()
+    alice.rekey(1)
+    for frame in alice.frames_to_send():
+        bob.receive(frame, 1)
+    answer, confirm = bob.frames_to_send()
+    assert [_header(answer)[0], _header(confirm)] == [0, (1, 0)]
+
+
+def test_records_after_the_switch_continue_the_confirm_counter() -> None:
+    alice, bob = established()
+    alice.rekey(1)
+    pump(alice, bob, 1)
+    alice.send_text("first of epoch 1", 2)
+    (frame,) = alice.frames_to_send()
+    assert _header(frame) == (1, 1)
+
+
+def test_rekey_resent_in_the_old_epoch_after_the_switch_is_a_no_op() -> None:
+    alice, bob = established()
+    alice.rekey(1)
+    for frame in alice.frames_to_send():
+        bob.receive(frame, 1)
+    alice.tick(1 + REKEY_RETRANSMIT_SECONDS)
+    late_rekey = alice.frames_to_send()[0]
+    assert _header(late_rekey)[0] == 0
+    pump(alice, bob, 7)
+    assert bob.stats.epoch == 1
+
+    # Within the grace time, the epoch 0 record opens; its REKEY(1) is known.
+    assert bob.receive(late_rekey, 8) == []
+    assert bob.state is SessionState.ESTABLISHED
+    assert bob.frames_to_send() == []
+
+
+def test_new_epoch_confirm_that_overtook_the_rekey_is_answered() -> None:
+    # Alice's CONFIRM of epoch 1 reaches Bob before her REKEY: Bob cannot open
+    # it yet. Alice switches on Bob's CONFIRM; Bob's resent one brings hers.
+    alice, bob = established()
+    bob.rekey(1)
+    for frame in bob.frames_to_send():
+        alice.receive(frame, 1)
+    rekey_a, confirm_a = alice.frames_to_send()
+    with pytest.raises(FutureEpoch):
+        bob.receive(confirm_a, 1)
+    bob.receive(rekey_a, 1)
+    (confirm_b,) = bob.frames_to_send()
+    assert alice.receive(confirm_b, 1) == [Rekeyed(1)]
+
+    bob.tick(1 + REKEY_RETRANSMIT_SECONDS)
+    for frame in bob.frames_to_send():
+        alice.receive(frame, 1 + REKEY_RETRANSMIT_SECONDS)
+    assert alice.frames_to_send() == [confirm_a]
+    assert bob.receive(confirm_a, 1 + REKEY_RETRANSMIT_SECONDS) == [Rekeyed(1)]
+    assert bob.frames_to_send() == []

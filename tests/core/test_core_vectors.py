@@ -8,6 +8,8 @@ queued frame, every event and every derived key (protocol.md section 18).
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -15,7 +17,19 @@ from typing import Any
 import nacl.bindings
 import pytest
 
-from chat.core import Event, Identity, RoomKeys, Session, kdf, schedule
+from chat.core import (
+    Event,
+    Identity,
+    PeerError,
+    RoomKeys,
+    Session,
+    SessionState,
+    kdf,
+    schedule,
+    short_hash,
+)
+from chat.core.frames import is_canonical_point, parse_payload, unpad
+from chat.core.rooms import room_name_password
 
 VECTORS = json.loads(
     (Path(__file__).resolve().parent.parent / "vectors" / "session_v1.json").read_text()
@@ -148,3 +162,66 @@ def test_first_record_opens_with_the_epoch_zero_key() -> None:
     nonce = frame[:2] + role + frame[2:14] + bytes(9)
     padded = nacl.bindings.crypto_secretbox_open_easy(frame[14:], nonce, key)
     assert padded == b"\x01\x01\x80" + bytes(253)
+
+
+@pytest.mark.parametrize("case", VECTORS["room_names"], ids=lambda c: repr(c["name"]))
+def test_room_name_vector(case: dict[str, str]) -> None:
+    assert room_name_password(case["name"]).hex() == case["password"]
+    room = RoomKeys.from_name(case["name"])
+    assert room.room_id.hex() == case["room_id"]
+    assert room.room_key.reveal().hex() == case["room_key"]
+
+
+def test_unprotected_key_file_vector_is_what_save_writes(tmp_path: Path) -> None:
+    path = tmp_path / "id.json"
+    Identity.from_seed(bytes.fromhex(VECTORS["alice"]["identity_seed"])).save(path)
+    assert json.loads(path.read_text()) == VECTORS["key_files"]["unprotected"]["file"]
+
+
+def test_protected_key_file_vector_loads_with_its_passphrase(tmp_path: Path) -> None:
+    vector = VECTORS["key_files"]["protected"]
+    path = tmp_path / "id.json"
+    path.write_text(json.dumps(vector["file"]))
+    passphrase = vector["passphrase"].encode("utf-8")
+    assert passphrase.hex() == vector["passphrase_utf8"]
+    identity = Identity.load(path, passphrase=passphrase)
+    assert identity.public.key.hex() == VECTORS["alice"]["identity_public"]
+
+
+@pytest.mark.parametrize("case", VECTORS["short_hash"], ids=lambda c: c["name"])
+def test_short_hash_vector(case: dict[str, str]) -> None:
+    assert short_hash(bytes.fromhex(case["secret"])) == case["short_hash"]
+
+
+@pytest.mark.parametrize("case", VECTORS["canonical"], ids=lambda c: c["name"])
+def test_canonical_key_vector(case: dict[str, Any]) -> None:
+    assert is_canonical_point(bytes.fromhex(case["key"])) is case["canonical"]
+
+
+@pytest.mark.parametrize("case", VECTORS["negative"], ids=lambda c: c["name"])
+def test_negative_vector_is_refused_with_its_kind(case: dict[str, str]) -> None:
+    data = bytes.fromhex(case["input"])
+    session = sessions()["bob"]
+    with pytest.raises(PeerError) as caught:
+        if case["layer"] == "frame":
+            session.receive(data, 0.0)
+        elif case["layer"] == "padded":
+            unpad(data)
+        else:
+            parse_payload(data)
+    assert caught.value.kind == case["kind"]
+    assert not caught.value.fatal
+    assert session.state is SessionState.IDLE
+
+
+def test_vector_file_is_what_the_script_writes() -> None:
+    # The script is deterministic, so the committed file must be its output.
+    root = Path(__file__).resolve().parent.parent.parent
+    script = root / "scripts" / "make_vectors.py"
+    done = subprocess.run(
+        [sys.executable, str(script), "--check"],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    assert done.returncode == 0, done.stdout + done.stderr

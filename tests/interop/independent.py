@@ -15,6 +15,7 @@ candidate handshakes, timeouts, retransmissions or replay window (sections
 
 from __future__ import annotations
 
+import unicodedata
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
@@ -108,9 +109,27 @@ PAYLOAD_RECEIPT = 0x03
 PAYLOAD_REKEY = 0x04
 PAYLOAD_CLOSE = 0x05
 
-# Room names (section 3.2): libsodium's INTERACTIVE limits.
+# Room names (section 3.2): libsodium's INTERACTIVE limits, memory in bytes.
 ROOM_NAME_OPSLIMIT = 2
-ROOM_NAME_MEMLIMIT = 64 * 1024 * 1024
+ROOM_NAME_MEMLIMIT = 67108864
+
+# Unicode's White_Space property, trimmed from both ends of a room name (3.2).
+WHITE_SPACE = "".join(
+    chr(c)
+    for c in (
+        *range(0x09, 0x0E),
+        0x20,
+        0x85,
+        0xA0,
+        0x1680,
+        *range(0x2000, 0x200B),
+        0x2028,
+        0x2029,
+        0x202F,
+        0x205F,
+        0x3000,
+    )
+)
 
 # The field prime of Curve25519, for the canonical check (section 5.1).
 CURVE25519_P = 2**255 - 19
@@ -194,12 +213,15 @@ def room_keys(room_secret: bytes) -> RoomKeys:
 def room_secret_from_name(name: str) -> bytes:
     """Derive a room secret from a typed room name (section 3.2).
 
-    The spec says UTF-8 of the name and nothing about normalisation; this
-    takes the string exactly as given.
+    The password is UTF-8 of the name in NFC, without the White_Space code
+    points at either end; an empty result is refused.
     """
+    password = unicodedata.normalize("NFC", name).strip(WHITE_SPACE)
+    if not password:
+        raise ValueError("a room name cannot be empty or only white space")
     return nacl.pwhash.argon2id.kdf(
         KEY_SIZE,
-        name.encode("utf-8"),
+        password.encode("utf-8"),
         label("sc1-room-name"),
         opslimit=ROOM_NAME_OPSLIMIT,
         memlimit=ROOM_NAME_MEMLIMIT,

@@ -151,11 +151,11 @@ def test_safety_number_matches_in_either_order(order: tuple[str, str]) -> None:
     assert ind.safety_number(first, second) == SESSION["safety_number"]
 
 
-def test_room_name_gives_a_32_byte_secret_that_depends_on_the_name() -> None:
-    # No vector covers section 3.2; this only checks the shape of the output.
-    secret = ind.room_secret_from_name("garden")
-    assert len(secret) == 32
-    assert secret != ind.room_secret_from_name("Garden")
+@pytest.mark.parametrize("case", SESSION["room_names"], ids=lambda c: repr(c["name"]))
+def test_room_name_matches(case: dict[str, str]) -> None:
+    room = ind.room_keys(ind.room_secret_from_name(case["name"]))
+    assert room.room_id.hex() == case["room_id"]
+    assert room.room_key.hex() == case["room_key"]
 
 
 # --- Key schedule -------------------------------------------------------------
@@ -500,6 +500,27 @@ def _hello_with(e: bytes) -> bytes:
 )
 def test_non_canonical_hello_key_is_malformed(e: bytes) -> None:
     _violation("malformed", lambda: ind.parse_hello(_hello_with(e)))
+
+
+@pytest.mark.parametrize("case", SESSION["canonical"], ids=lambda c: c["name"])
+def test_canonical_check_matches(case: dict[str, Any]) -> None:
+    assert ind.is_canonical(_h(case["key"])) is case["canonical"]
+
+
+_PARSERS: dict[str, Callable[[bytes], object]] = {
+    "padded": ind.unpad,
+    "payload": ind.parse_payload,
+}
+
+
+@pytest.mark.parametrize(
+    "case",
+    [c for c in SESSION["negative"] if c["layer"] in _PARSERS],
+    ids=lambda c: c["name"],
+)
+def test_negative_vector_is_refused_with_its_kind(case: dict[str, str]) -> None:
+    parser = _PARSERS[case["layer"]]
+    _violation(case["kind"], lambda: parser(_h(case["input"])))
 
 
 def test_largest_canonical_hello_key_parses() -> None:
