@@ -4,8 +4,8 @@ Its purpose is to show that docs/protocol.md is enough to interoperate: it
 shares no code with ``chat`` and is checked against the recorded vectors in
 tests/vectors/. It covers rooms (section 3), fingerprints and safety numbers
 (section 4), HELLO and AUTH (section 5), the key schedule (section 6),
-records, padding and payloads (section 7) and the rekey derivation (sections
-6.4 and 9).
+records, padding and payloads, PROFILE included (section 7), and the rekey
+derivation (sections 6.4 and 9).
 
 ``Peer`` is a happy-path endpoint: enough of the state machine (section 5.4)
 and of rekeying (section 9.2) to replay the recorded session. It has no
@@ -28,6 +28,7 @@ import nacl.utils
 __all__ = [
     "AUTH_SIZE",
     "HELLO_SIZE",
+    "MAX_NICKNAME_BYTES",
     "RECORD_SIZES",
     "ROLE_HI",
     "ROLE_LO",
@@ -39,6 +40,7 @@ __all__ = [
     "Hello",
     "Payload",
     "Peer",
+    "Profile",
     "ProtocolViolation",
     "Receipt",
     "Rekey",
@@ -49,12 +51,15 @@ __all__ = [
     "auth_nonce",
     "build_auth",
     "build_hello",
+    "check_nickname",
+    "encode_nickname",
     "encode_payload",
     "epoch_keys",
     "fingerprint",
     "h64",
     "handshake_secret",
     "is_canonical",
+    "is_control",
     "kdf",
     "label",
     "open_auth",
@@ -96,6 +101,7 @@ RECORD_SIZES = frozenset(
 )
 MESSAGE_ID_SIZE = 16
 MAX_TEXT_BYTES = 32749
+MAX_NICKNAME_BYTES = 128
 REJECT_AFTER_MESSAGES = 2**20
 
 # Role bytes (section 5.3).
@@ -108,6 +114,11 @@ PAYLOAD_TEXT = 0x02
 PAYLOAD_RECEIPT = 0x03
 PAYLOAD_REKEY = 0x04
 PAYLOAD_CLOSE = 0x05
+PAYLOAD_PROFILE = 0x06
+
+# Control characters, refused in a nickname (section 7.4): Unicode's general
+# category Cc, as two inclusive ranges of code points.
+CONTROL_RANGES = ((0x00, 0x1F), (0x7F, 0x9F))
 
 # Room names (section 3.2): libsodium's INTERACTIVE limits, memory in bytes.
 ROOM_NAME_OPSLIMIT = 2
@@ -555,12 +566,65 @@ class Rekey:
 
 @dataclass(frozen=True)
 class Close:
-    """CLOSE: one reason byte (the spec lists no values)."""
+    """CLOSE: one reason byte (0x00 closed, the rest reserved: 7.4)."""
 
     reason: int
 
 
-Payload = Confirm | Text | Receipt | Rekey | Close
+@dataclass(frozen=True)
+class Profile:
+    """PROFILE: the nickname the sender claims (a label, never an identity)."""
+
+    nickname: str
+
+
+Payload = Confirm | Text | Receipt | Rekey | Close | Profile
+
+
+def is_control(char: str) -> bool:
+    """Whether a code point is a control character of section 7.4 (Cc)."""
+    code = ord(char)
+    return any(low <= code <= high for low, high in CONTROL_RANGES)
+
+
+def check_nickname(raw: bytes) -> str:
+    """Decode a nickname's bytes, refusing what section 7.4 forbids.
+
+    Raises:
+        ValueError: empty, longer than MAX_NICKNAME_BYTES, not well-formed
+            UTF-8, or holding a control character.
+    """
+    # The size first: nothing is decoded from an over-long body.
+    if not 1 <= len(raw) <= MAX_NICKNAME_BYTES:
+        raise ValueError(
+            f"a nickname is 1 to {MAX_NICKNAME_BYTES} bytes of UTF-8, not {len(raw)}"
+        )
+
+    # Strict UTF-8, as for TEXT; then no code point of category Cc.
+    try:
+        nickname = raw.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise ValueError("a nickname must be well-formed UTF-8") from exc
+    if any(is_control(char) for char in nickname):
+        raise ValueError("a nickname must not hold a control character")
+    return nickname
+
+
+def encode_nickname(nickname: str) -> bytes:
+    """The UTF-8 of a nickname, refused unless a receiver would accept it.
+
+    Section 7.4: a sender MUST NOT seal a nickname that is malformed.
+
+    Raises:
+        ValueError: the nickname breaks a rule of check_nickname, or holds a
+            lone surrogate (which has no UTF-8 form).
+    """
+    try:
+        raw = nickname.encode("utf-8")
+    except UnicodeEncodeError as exc:
+        raise ValueError("a nickname cannot hold a lone surrogate") from exc
+    check_nickname(raw)
+    return raw
 
 
 def encode_payload(payload: Payload) -> bytes:
@@ -576,6 +640,8 @@ def encode_payload(payload: Payload) -> bytes:
             return bytes([VERSION, PAYLOAD_REKEY]) + _u32(new_epoch) + public
         case Close(reason):
             return bytes([VERSION, PAYLOAD_CLOSE, reason])
+        case Profile(nickname):
+            return bytes([VERSION, PAYLOAD_PROFILE]) + encode_nickname(nickname)
 
 
 def _parse_text(body: bytes) -> Text:
@@ -588,6 +654,13 @@ def _parse_text(body: bytes) -> Text:
         raise ProtocolViolation("malformed", "TEXT is not UTF-8") from exc
 
 
+def _parse_profile(body: bytes) -> Profile:
+    try:
+        return Profile(nickname=check_nickname(body))
+    except ValueError as exc:
+        raise ProtocolViolation("malformed", f"PROFILE: {exc}") from exc
+
+
 def parse_payload(plaintext: bytes) -> Payload:
     """Parse an unpadded plaintext into a payload (section 7.4)."""
     if len(plaintext) < 2:
@@ -596,7 +669,8 @@ def parse_payload(plaintext: bytes) -> Payload:
         raise ProtocolViolation("unsupported-version", "payload version")
     kind, body = plaintext[1], plaintext[2:]
 
-    # Each fixed-size body is checked to the byte; TEXT has its own checks.
+    # Each fixed-size body is checked to the byte; TEXT and PROFILE have their
+    # own checks.
     expected = {
         PAYLOAD_CONFIRM: 0,
         PAYLOAD_RECEIPT: MESSAGE_ID_SIZE,
@@ -605,6 +679,8 @@ def parse_payload(plaintext: bytes) -> Payload:
     }
     if kind == PAYLOAD_TEXT:
         return _parse_text(body)
+    if kind == PAYLOAD_PROFILE:
+        return _parse_profile(body)
     if kind not in expected:
         raise ProtocolViolation("malformed", f"payload type {kind:#04x}")
     if len(body) != expected[kind]:
@@ -636,8 +712,8 @@ class Rekeyed:
     epoch: int
 
 
-# An accepted TEXT or RECEIPT is itself the event that reports it.
-Event = Established | Text | Receipt | Rekeyed
+# An accepted TEXT, RECEIPT or PROFILE is itself the event that reports it.
+Event = Established | Text | Receipt | Profile | Rekeyed
 
 RandomSource = Callable[[int], bytes]
 
@@ -799,23 +875,42 @@ class Peer:
     # Records.
 
     def _send_payload(self, payload: Payload, epoch: int | None = None) -> None:
+        # Encode and seal before taking the counter: a refused payload
+        # consumes none (section 7.2).
         epoch = self._epoch if epoch is None else epoch
         direction = self._send[epoch]
-        counter = direction.next_counter
-        direction.next_counter += 1
-        self.outbox.append(
-            seal_record(
-                direction.key, self._role, epoch, counter, encode_payload(payload)
-            )
+        record = seal_record(
+            direction.key,
+            self._role,
+            epoch,
+            direction.next_counter,
+            encode_payload(payload),
         )
+        direction.next_counter += 1
+        self.outbox.append(record)
+
+    def _require_established(self) -> None:
+        # Application payloads go out only once ESTABLISHED (sections 5.4, 5.6).
+        if not self._established:
+            raise RuntimeError("not established: wait for the peer's record")
 
     def send_text(self, text: str) -> bytes:
         """Send a TEXT once established; return its message id (section 7.4)."""
-        if not self._established:
-            raise RuntimeError("not established: wait for the peer's record")
+        self._require_established()
         message_id = self._random(MESSAGE_ID_SIZE)
         self._send_payload(Text(message_id, text))
         return message_id
+
+    def send_profile(self, nickname: str) -> None:
+        """Send a PROFILE once established; no RECEIPT answers it (section 7.4).
+
+        Raises:
+            RuntimeError: not established yet.
+            ValueError: a nickname section 7.4 forbids; nothing is sealed and
+                no counter is used.
+        """
+        self._require_established()
+        self._send_payload(Profile(nickname))
 
     def _receive_record(self, frame: bytes) -> None:
         epoch, _ = parse_record_header(frame)
@@ -844,7 +939,8 @@ class Peer:
             case Text(message_id, _):
                 self.events.append(payload)
                 self._send_payload(Receipt(message_id))
-            case Receipt():
+            case Receipt() | Profile():
+                # Reported as they came; no RECEIPT answers a PROFILE (7.4).
                 self.events.append(payload)
             case Rekey(new_epoch, public):
                 self._receive_rekey(new_epoch, public, epoch)

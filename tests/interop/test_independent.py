@@ -7,6 +7,7 @@ docs/protocol.md alone, and is compared with tests/vectors/ (section 18).
 from __future__ import annotations
 
 import json
+import unicodedata
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -285,17 +286,19 @@ def test_recorded_payloads_follow_the_script() -> None:
     expected: dict[int, list[ind.Payload]] = {
         3: [confirm],
         4: [confirm],
-        7: [ind.Text(ids["alice"][0], "Hello, Bob!")],
-        8: [ind.Text(ids["bob"][0], "Hi Alice.")],
-        9: [ind.Receipt(ids["alice"][0])],
-        10: [ind.Receipt(ids["bob"][0])],
-        13: [ind.Rekey(1, DERIVED["alice_f"])],
-        14: [ind.Rekey(1, DERIVED["bob_f"]), confirm],
-        15: [confirm],
-        18: [ind.Text(ids["alice"][1], "After the rekey.")],
-        19: [ind.Text(ids["bob"][1], "Still here.")],
-        20: [ind.Receipt(ids["alice"][1])],
-        21: [ind.Receipt(ids["bob"][1])],
+        7: [ind.Profile("Alice")],
+        8: [ind.Profile("Bob \u00e9")],
+        11: [ind.Text(ids["alice"][0], "Hello, Bob!")],
+        12: [ind.Text(ids["bob"][0], "Hi Alice.")],
+        13: [ind.Receipt(ids["alice"][0])],
+        14: [ind.Receipt(ids["bob"][0])],
+        17: [ind.Rekey(1, DERIVED["alice_f"])],
+        18: [ind.Rekey(1, DERIVED["bob_f"]), confirm],
+        19: [confirm],
+        22: [ind.Text(ids["alice"][1], "After the rekey.")],
+        23: [ind.Text(ids["bob"][1], "Still here.")],
+        24: [ind.Receipt(ids["alice"][1])],
+        25: [ind.Receipt(ids["bob"][1])],
     }
     assert _payloads_by_step() == expected
 
@@ -328,6 +331,8 @@ def _event_as_vector(event: ind.Event) -> dict[str, Any]:
             }
         case ind.Receipt(message_id):
             return {"type": "ReceiptReceived", "message_id": message_id.hex()}
+        case ind.Profile(nickname):
+            return {"type": "ProfileReceived", "nickname": nickname}
         case ind.Rekeyed(epoch):
             return {"type": "Rekeyed", "epoch": epoch}
 
@@ -337,6 +342,7 @@ def _act(peer: ind.Peer, step: dict[str, Any]) -> None:
         "start": peer.start,
         "deliver": lambda: peer.receive(_h(step["frame"])),
         "send_text": lambda: peer.send_text(step["text"]),
+        "send_profile": lambda: peer.send_profile(step["nickname"]),
         "rekey": peer.rekey,
     }
     actions[step["action"]]()
@@ -370,6 +376,18 @@ def test_replayed_step_emits_the_recorded_events(index: int) -> None:
     _act(peers[step["side"]], step)
     events = [_event_as_vector(e) for e in peers[step["side"]].events]
     assert events == step.get("events", [])
+
+
+def test_replayed_script_covers_a_profile_each_way() -> None:
+    # Section 18: the run sends a PROFILE each way; the replay must include it.
+    sent = {s["side"] for s in SESSION["steps"] if s["action"] == "send_profile"}
+    received = {
+        s["side"]
+        for s in SESSION["steps"]
+        for e in s.get("events", [])
+        if e["type"] == "ProfileReceived"
+    }
+    assert sent == received == set(SIDES)
 
 
 def test_replay_uses_every_recorded_random_output() -> None:
@@ -479,10 +497,123 @@ def test_payload_of_another_version_is_unsupported() -> None:
         ind.Receipt(bytes(16)),
         ind.Rekey(7, bytes(range(32))),
         ind.Close(0),
+        ind.Profile("Bob \u00e9"),
     ],
 )
 def test_payload_round_trips(payload: ind.Payload) -> None:
     assert ind.parse_payload(ind.encode_payload(payload)) == payload
+
+
+# --- PROFILE (section 7.4) -----------------------------------------------------
+
+
+def _profile(body: bytes) -> bytes:
+    return bytes([ind.VERSION, ind.PAYLOAD_PROFILE]) + body
+
+
+# Nicknames a receiver refuses and a sender must not seal, by their UTF-8.
+BAD_NICKNAMES = {
+    "empty": b"",
+    "129 bytes": b"a" * 129,
+    "129 bytes of 3-byte characters": "\u20ac".encode() * 43,
+    "invalid byte": b"Bob \xff",
+    "truncated sequence": b"Bob \xc3",
+    "overlong form": b"Bob \xc0\xaf",
+    "encoded surrogate": b"Bob \xed\xa0\x80",
+    "above U+10FFFF": b"Bob \xf4\x90\x80\x80",
+    "U+0000": b"Bob\x00",
+    "tab": b"Bob\t",
+    "newline": b"Bob\n",
+    "U+001F": b"Bob\x1f",
+    "U+007F": b"Bob\x7f",
+    "U+0080": "Bob\u0080".encode(),
+    "U+0085": "Bob\u0085".encode(),
+    "U+009F": "Bob\u009f".encode(),
+}
+
+
+@pytest.mark.parametrize("raw", BAD_NICKNAMES.values(), ids=BAD_NICKNAMES.keys())
+def test_bad_profile_is_malformed(raw: bytes) -> None:
+    _violation("malformed", lambda: ind.parse_payload(_profile(raw)))
+
+
+@pytest.mark.parametrize(
+    "nickname",
+    ["A", "a" * 128, "\u00e9" * 64, "Bob \u00a0 \u007e", "\u200b\u202e\u2028\ufeff"],
+    ids=["one byte", "128 bytes", "128 bytes of 2-byte", "edges of Cc", "not Cc"],
+)
+def test_profile_within_the_rules_is_accepted(nickname: str) -> None:
+    # Only Cc is refused: format characters and separators are allowed.
+    assert ind.parse_payload(_profile(nickname.encode())) == ind.Profile(nickname)
+
+
+def test_control_ranges_are_exactly_unicode_category_cc() -> None:
+    every = (chr(c) for c in range(0x110000))
+    cc = {ch for ch in every if unicodedata.category(ch) == "Cc"}
+    ranges = {chr(c) for low, high in ind.CONTROL_RANGES for c in range(low, high + 1)}
+    assert ranges == cc
+
+
+def _nickname_from(raw: bytes) -> str:
+    # A sender's string for each bad case; invalid bytes map to lone surrogates.
+    return raw.decode("utf-8", "surrogateescape")
+
+
+@pytest.mark.parametrize("raw", BAD_NICKNAMES.values(), ids=BAD_NICKNAMES.keys())
+def test_bad_nickname_is_not_sealed(raw: bytes) -> None:
+    with pytest.raises(ValueError, match="nickname"):
+        ind.encode_payload(ind.Profile(_nickname_from(raw)))
+
+
+def test_refused_nickname_queues_nothing_and_uses_no_counter() -> None:
+    # Alice's recorded PROFILE (step 7) must still take counter 1 afterwards.
+    peers, _ = _replay(7)
+    with pytest.raises(ValueError, match="control character"):
+        peers["alice"].send_profile("Alice\n")
+    assert peers["alice"].outbox == []
+    peers["alice"].send_profile("Alice")
+    assert [f.hex() for f in peers["alice"].outbox] == _step_frames(7)
+
+
+def test_profile_is_refused_locally_before_established() -> None:
+    # After step 3 alice is CONFIRMING: bob's CONFIRM has not arrived.
+    peers, _ = _replay(4)
+    with pytest.raises(RuntimeError, match="not established"):
+        peers["alice"].send_profile("Alice")
+    assert peers["alice"].outbox == []
+
+
+def test_accepted_profile_queues_no_receipt() -> None:
+    peers, _ = _replay(9)
+    peers["bob"].receive(_h(_step_frames(7)[0]))
+    assert (peers["bob"].events, peers["bob"].outbox) == ([ind.Profile("Alice")], [])
+
+
+def _alice_record(counter: int, plaintext: bytes) -> bytes:
+    key, role = _record_key("alice", 0)
+    return ind.seal_record(key, role, 0, counter, plaintext)
+
+
+def test_malformed_profile_record_changes_nothing() -> None:
+    # Sealed by alice at the counter of her real PROFILE, which bob must still
+    # accept afterwards: a refused record leaves its counter unused (7.4).
+    peers, _ = _replay(9)
+    bad = _alice_record(1, _profile(b"Alice\x1b"))
+    _violation("malformed", lambda: peers["bob"].receive(bad))
+    assert (peers["bob"].events, peers["bob"].outbox) == ([], [])
+    peers["bob"].receive(_h(_step_frames(7)[0]))
+    assert peers["bob"].events == [ind.Profile("Alice")]
+
+
+def test_malformed_profile_does_not_confirm_the_handshake() -> None:
+    # Bob is CONFIRMING before step 5; a record that fails parsing must not
+    # make him ESTABLISHED (7.5: no state changes until step 6).
+    peers, _ = _replay(5)
+    bad = _alice_record(1, _profile(b""))
+    _violation("malformed", lambda: peers["bob"].receive(bad))
+    assert peers["bob"].events == []
+    with pytest.raises(RuntimeError, match="not established"):
+        peers["bob"].send_profile("Bob")
 
 
 def _hello_with(e: bytes) -> bytes:
