@@ -23,6 +23,14 @@ EXIT_CONFIG = 2
 
 async def serve(config: RelayConfig) -> int:
     """Run a relay until a stop signal; return the exit status."""
+    # SIGTERM (docker stop) and SIGINT (Ctrl-C) both stop gracefully. The
+    # handlers go in before the relay starts: whoever reads the "serving"
+    # line may signal at once, and must not meet the default (kill) action.
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(signum, stop.set)
+
     relay = Relay(config)
     try:
         await relay.start()
@@ -31,11 +39,6 @@ async def serve(config: RelayConfig) -> int:
         await relay.stop()
         return EXIT_CONFIG
 
-    # SIGTERM (docker stop) and SIGINT (Ctrl-C) both stop gracefully.
-    stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for signum in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(signum, stop.set)
     await stop.wait()
     await relay.stop()
     return 0
