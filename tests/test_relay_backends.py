@@ -2,13 +2,21 @@
 
 from __future__ import annotations
 
+import sqlite3
 from collections.abc import AsyncIterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
 from chat.envelope import PresenceKind
-from server.backends.base import MailboxFull, RoomFull, StorageUnavailable
+from server.backends.base import (
+    MailboxDepth,
+    MailboxFull,
+    RoomFull,
+    StorageFull,
+    StorageUnavailable,
+)
 from server.backends.memory import MemoryFanout
 from server.backends.sqlite import SqliteMailbox
 
@@ -16,6 +24,7 @@ ROOM = b"r" * 32
 OTHER_ROOM = b"o" * 32
 ALICE = b"a" * 32
 BOB = b"b" * 32
+CAROL = b"c" * 32
 
 
 class Clock:
@@ -133,10 +142,191 @@ async def test_membership_expires_after_ttl_since_last_seen(
 
 
 async def test_depth_counts_frames_and_bytes(mailbox: SqliteMailbox) -> None:
-    await mailbox.store(ROOM, BOB, ALICE, b"123")
+    first = await mailbox.store(ROOM, BOB, ALICE, b"123")
     await mailbox.store(ROOM, ALICE, BOB, b"45")
     depth = await mailbox.depth()
     assert (depth.frames, depth.bytes) == (2, 5)
+    await mailbox.ack(ROOM, BOB, first)
+    assert await mailbox.depth() == MailboxDepth(frames=1, bytes=2)
+
+
+@pytest.fixture
+async def bounded(tmp_path: Path, clock: Clock) -> AsyncIterator[SqliteMailbox]:
+    """A store with every cap of its own: see each test."""
+    store = _store(tmp_path, clock)
+    await store.open()
+    yield store
+    await store.close()
+
+
+def _store(tmp_path: Path, clock: Clock, **overrides: Any) -> SqliteMailbox:
+    settings: dict[str, Any] = {
+        "ttl": 1000,
+        "max_frames": 10,
+        "max_bytes": 100,
+        "sender_frames": 2,
+        "sender_bytes": 10,
+        "total_frames": 5,
+        "total_bytes": 30,
+        "probation": 60,
+    }
+    settings.update(overrides)
+    return SqliteMailbox(tmp_path / "bounded.sqlite3", clock=clock, **settings)
+
+
+async def test_one_sender_holds_only_its_share_in_frames(
+    bounded: SqliteMailbox,
+) -> None:
+    for _ in range(2):
+        await bounded.store(ROOM, BOB, ALICE, b"x")
+    with pytest.raises(MailboxFull, match="this sender holds its maximum of 2"):
+        await bounded.store(ROOM, BOB, ALICE, b"x")
+
+    # Others can still leave mail in that mailbox, and the sender elsewhere.
+    await bounded.store(ROOM, BOB, CAROL, b"x")
+    await bounded.store(ROOM, CAROL, ALICE, b"x")
+
+
+async def test_one_sender_holds_only_its_share_in_bytes(
+    bounded: SqliteMailbox,
+) -> None:
+    await bounded.store(ROOM, BOB, ALICE, b"123456")
+    with pytest.raises(MailboxFull, match="10 bytes in that mailbox"):
+        await bounded.store(ROOM, BOB, ALICE, b"12345")
+    await bounded.store(ROOM, BOB, ALICE, b"1234")
+
+
+async def test_acknowledged_frames_free_the_senders_share(
+    bounded: SqliteMailbox,
+) -> None:
+    first = await bounded.store(ROOM, BOB, ALICE, b"x")
+    await bounded.store(ROOM, BOB, ALICE, b"x")
+    assert await bounded.ack(ROOM, BOB, first)
+    await bounded.store(ROOM, BOB, ALICE, b"x")
+
+
+async def test_overall_cap_in_frames_refuses_every_mailbox(
+    bounded: SqliteMailbox,
+) -> None:
+    recipients = [bytes([n]) * 32 for n in range(5)]
+    ids = [await bounded.store(ROOM, r, ALICE, b"x") for r in recipients]
+    with pytest.raises(StorageFull, match="overall maximum"):
+        await bounded.store(ROOM, CAROL, BOB, b"x")
+
+    # An acknowledged frame makes room again; the store stays healthy.
+    await bounded.check()
+    assert await bounded.ack(ROOM, recipients[0], ids[0])
+    await bounded.store(ROOM, CAROL, BOB, b"x")
+
+
+async def test_overall_cap_in_bytes_refuses(bounded: SqliteMailbox) -> None:
+    for recipient in (ALICE, BOB, CAROL):
+        await bounded.store(ROOM, recipient, b"s" * 32, b"123456789")
+    with pytest.raises(StorageFull):
+        await bounded.store(ROOM, b"d" * 32, b"s" * 32, b"1234")
+    await bounded.store(ROOM, b"d" * 32, b"s" * 32, b"123")
+
+
+async def test_purge_frees_the_overall_cap(
+    bounded: SqliteMailbox, clock: Clock
+) -> None:
+    for n in range(5):
+        await bounded.store(ROOM, bytes([n]) * 32, ALICE, b"x")
+    clock.now += 1001
+    assert await bounded.purge_expired() == 5
+    assert (await bounded.depth()).frames == 0
+    await bounded.store(ROOM, BOB, ALICE, b"x")
+
+
+async def test_overall_cap_counts_frames_kept_before_reopening(
+    tmp_path: Path, clock: Clock
+) -> None:
+    first = _store(tmp_path, clock)
+    await first.open()
+    for n in range(5):
+        await first.store(ROOM, bytes([n]) * 32, ALICE, b"x")
+    await first.close()
+
+    second = _store(tmp_path, clock)
+    await second.open()
+    with pytest.raises(StorageFull):
+        await second.store(ROOM, BOB, ALICE, b"x")
+    assert await second.depth() == MailboxDepth(frames=5, bytes=5)
+    await second.close()
+
+
+async def test_unused_membership_expires_after_probation(
+    bounded: SqliteMailbox, clock: Clock
+) -> None:
+    await bounded.remember(ROOM, BOB)
+    clock.now += 59
+    assert await bounded.is_member(ROOM, BOB)
+    clock.now += 2
+    assert not await bounded.is_member(ROOM, BOB)
+
+
+async def test_membership_used_by_sending_lasts_the_ttl(
+    bounded: SqliteMailbox, clock: Clock
+) -> None:
+    await bounded.remember(ROOM, BOB)
+    await bounded.remember(ROOM, BOB, used=True)
+    await bounded.remember(ROOM, BOB)
+    clock.now += 999
+    assert await bounded.is_member(ROOM, BOB)
+    clock.now += 2
+    assert not await bounded.is_member(ROOM, BOB)
+
+
+async def test_membership_used_by_a_stored_frame_lasts_the_ttl(
+    bounded: SqliteMailbox, clock: Clock
+) -> None:
+    await bounded.remember(ROOM, BOB)
+    await bounded.store(ROOM, BOB, ALICE, b"x")
+    clock.now += 999
+    assert await bounded.is_member(ROOM, BOB)
+
+
+async def test_expired_membership_comes_back_unused(
+    bounded: SqliteMailbox, clock: Clock
+) -> None:
+    await bounded.remember(ROOM, BOB, used=True)
+    clock.now += 1001
+    await bounded.remember(ROOM, BOB)
+    clock.now += 61
+    assert not await bounded.is_member(ROOM, BOB)
+
+
+async def test_purge_removes_unused_memberships_after_probation(
+    bounded: SqliteMailbox, clock: Clock, tmp_path: Path
+) -> None:
+    await bounded.remember(ROOM, ALICE)
+    await bounded.remember(ROOM, BOB, used=True)
+    clock.now += 61
+    await bounded.purge_expired()
+    await bounded.close()
+    with sqlite3.connect(tmp_path / "bounded.sqlite3") as db:
+        rows = db.execute("SELECT address FROM members").fetchall()
+    assert rows == [(BOB,)]
+
+
+async def test_memberships_of_an_older_file_keep_the_ttl(
+    tmp_path: Path, clock: Clock
+) -> None:
+    # A file written before memberships could be unused: no "used" column.
+    path = tmp_path / "bounded.sqlite3"
+    with sqlite3.connect(path) as db:
+        db.execute(
+            "CREATE TABLE members (room BLOB NOT NULL, address BLOB NOT NULL,"
+            " seen REAL NOT NULL, PRIMARY KEY (room, address)) WITHOUT ROWID"
+        )
+        db.execute("INSERT INTO members VALUES (?, ?, ?)", (ROOM, BOB, clock.now))
+    db.close()
+
+    store = _store(tmp_path, clock)
+    await store.open()
+    clock.now += 999
+    assert await store.is_member(ROOM, BOB)
+    await store.close()
 
 
 async def test_committed_frames_survive_reopening(tmp_path: Path, clock: Clock) -> None:

@@ -39,6 +39,7 @@ Errors::
     └── BackendError
         ├── MailboxFull          the recipient's mailbox is at its cap
         ├── StorageUnavailable   the store cannot be reached or written
+        │   └── StorageFull      the store holds its overall maximum
         └── RoomFull             the room has its maximum number of members
 """
 
@@ -58,6 +59,7 @@ __all__ = [
     "MailboxFull",
     "Member",
     "RoomFull",
+    "StorageFull",
     "StorageUnavailable",
     "StoredFrame",
 ]
@@ -73,6 +75,16 @@ class MailboxFull(BackendError):  # noqa: N818 (names the condition)
 
 class StorageUnavailable(BackendError):  # noqa: N818 (names the condition)
     """The store failed; nothing was written. Retry later or check the store."""
+
+
+class StorageFull(StorageUnavailable):
+    """All mailboxes together hold the store's maximum frames or bytes.
+
+    A `StorageUnavailable`, so that a caller that knows only that error still
+    refuses the frame with "storage unavailable; try again later": room comes
+    back as recipients acknowledge and frames expire. The store itself is
+    healthy, so `Mailbox.check` does not raise it.
+    """
 
 
 class RoomFull(BackendError):  # noqa: N818 (names the condition)
@@ -117,20 +129,47 @@ class Mailbox(Protocol):
     relay before it calls in here) proves ownership. Every method that takes
     an address acts only on that address's own mailbox.
 
-    Time to live: a membership record expires `ttl` seconds after the member
-    was last seen (joined or left); a frame expires `ttl` seconds after it
-    was stored. Expired records behave as absent even before `purge_expired`
-    has removed them.
+    Time to live: a membership record is *used* once its member sent a frame
+    in the room (`remember` with ``used=True``) or a frame was stored for it
+    (`store` marks the recipient's membership used); being used is never
+    undone. A used membership expires `ttl` seconds after the member was last
+    seen (joined, left or sent); one never used expires a shorter
+    `probation` seconds after it was last seen, so that addresses minted by
+    JOIN alone do not stay valid recipients for days. A frame expires `ttl`
+    seconds after it was stored. Expired records behave as absent even
+    before `purge_expired` has removed them.
 
-    Caps: a mailbox holds at most a configured number of frames and of
-    payload bytes; `store` refuses with `MailboxFull` beyond either.
+    Caps, all checked in the same transaction as the write, so that several
+    relays sharing one store cannot overshoot them together:
+
+    - a mailbox holds at most a configured number of frames and of payload
+      bytes; `store` refuses with `MailboxFull` beyond either;
+    - one sender holds at most a configured share (frames and bytes) of
+      each mailbox, so that one sender cannot fill a mailbox and lock every
+      other sender out; `store` refuses with `MailboxFull` beyond it;
+    - all mailboxes together hold at most a configured number of frames and
+      of payload bytes; `store` refuses with `StorageFull` beyond either.
+
+    Frames that expired but were not purged yet may still count against the
+    overall cap until `purge_expired` runs.
     """
 
-    async def remember(self, room_id: bytes, address: bytes) -> None:
+    async def remember(
+        self, room_id: bytes, address: bytes, *, used: bool = False
+    ) -> None:
         """Record that `address` is a member of `room_id`, seen now.
 
         Called on every JOIN and LEAVE, so that the membership stays valid
-        for `ttl` after the member was last seen.
+        after the member was last seen; and with ``used=True`` once per
+        connection and room when the member first sends a frame there.
+
+        Args:
+            room_id: the room.
+            address: the member's address.
+            used: also mark the membership used, so that it is kept for the
+                full `ttl` rather than `probation` (see the class docstring).
+                A membership once used stays used; ``used=False`` never
+                clears it.
 
         Raises:
             StorageUnavailable: the record could not be written.
@@ -155,8 +194,12 @@ class Mailbox(Protocol):
         Returns:
             The new frame's id (non-zero).
 
+        Marks the recipient's membership used (see the class docstring).
+
         Raises:
-            MailboxFull: the recipient's mailbox is at its frame or byte cap.
+            MailboxFull: the recipient's mailbox is at its frame or byte cap,
+                or `sender` holds its share of that mailbox already.
+            StorageFull: all mailboxes together are at the overall cap.
             StorageUnavailable: the frame could not be committed.
         """
         ...

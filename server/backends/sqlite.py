@@ -11,6 +11,10 @@ Each call is one short transaction; calls queue on the worker in order.
 
 Frame ids come from an AUTOINCREMENT key, so an id is never reused, even
 after deletion: a late ACK can never delete a newer frame.
+
+The overall cap is checked against running totals of the frames and bytes
+held, counted once when the file is opened and kept up to date by every
+write; they are exact because this process is the only writer of the file.
 """
 
 from __future__ import annotations
@@ -24,9 +28,11 @@ from pathlib import Path
 from typing import TypeVar
 
 from server.backends.base import (
+    BackendError,
     Mailbox,
     MailboxDepth,
     MailboxFull,
+    StorageFull,
     StorageUnavailable,
     StoredFrame,
 )
@@ -40,6 +46,7 @@ CREATE TABLE IF NOT EXISTS members (
     room BLOB NOT NULL,
     address BLOB NOT NULL,
     seen REAL NOT NULL,
+    used INTEGER NOT NULL DEFAULT 0,
     PRIMARY KEY (room, address)
 ) WITHOUT ROWID;
 CREATE TABLE IF NOT EXISTS frames (
@@ -52,7 +59,11 @@ CREATE TABLE IF NOT EXISTS frames (
 );
 CREATE INDEX IF NOT EXISTS frames_by_mailbox ON frames (room, recipient, id);
 CREATE INDEX IF NOT EXISTS frames_by_age ON frames (stored);
+CREATE INDEX IF NOT EXISTS frames_by_sender ON frames (room, recipient, sender);
 """
+
+_ADD_USED = "ALTER TABLE members ADD COLUMN used INTEGER NOT NULL DEFAULT 1"
+"""Files made before memberships could be unused: keep theirs for the TTL."""
 
 
 class SqliteMailbox(Mailbox):
@@ -60,9 +71,17 @@ class SqliteMailbox(Mailbox):
 
     Args:
         path: the database file; its directory is created if missing.
-        ttl: seconds a frame or a membership is kept (see `Mailbox`).
+        ttl: seconds a frame or a used membership is kept (see `Mailbox`).
         max_frames: most frames one mailbox holds.
         max_bytes: most payload bytes one mailbox holds.
+        sender_frames: most frames one sender holds in one mailbox; default
+            `max_frames`.
+        sender_bytes: most payload bytes one sender holds in one mailbox;
+            default `max_bytes`.
+        total_frames: most frames all mailboxes hold together; default none.
+        total_bytes: most payload bytes all mailboxes hold together; default
+            none.
+        probation: seconds a never used membership is kept; default `ttl`.
         clock: returns the time in seconds; injected by tests.
     """
 
@@ -73,12 +92,23 @@ class SqliteMailbox(Mailbox):
         ttl: float,
         max_frames: int,
         max_bytes: int,
+        sender_frames: int | None = None,
+        sender_bytes: int | None = None,
+        total_frames: int | None = None,
+        total_bytes: int | None = None,
+        probation: float | None = None,
         clock: Callable[[], float] = time.time,
     ) -> None:
         self._path = path
         self._ttl = ttl
+        self._probation = ttl if probation is None else min(probation, ttl)
         self._max_frames = max_frames
         self._max_bytes = max_bytes
+        self._sender_frames = max_frames if sender_frames is None else sender_frames
+        self._sender_bytes = max_bytes if sender_bytes is None else sender_bytes
+        self._total_frames = total_frames
+        self._total_bytes = total_bytes
+        self._held = MailboxDepth(frames=0, bytes=0)
         self._clock = clock
         self._db: sqlite3.Connection | None = None
         self._closed = False
@@ -99,6 +129,10 @@ class SqliteMailbox(Mailbox):
         db.execute("PRAGMA synchronous=FULL")
         db.execute("PRAGMA busy_timeout=5000")
         db.executescript(_SCHEMA)
+        columns = {row[1] for row in db.execute("PRAGMA table_info(members)")}
+        if "used" not in columns:
+            db.execute(_ADD_USED)
+        self._held = _count(db)
         self._db = db
 
     async def _run(self, call: Callable[[], T]) -> T:
@@ -121,24 +155,36 @@ class SqliteMailbox(Mailbox):
     def _cutoff(self) -> float:
         return self._clock() - self._ttl
 
-    async def remember(self, room_id: bytes, address: bytes) -> None:
+    def _probation_cutoff(self) -> float:
+        return self._clock() - self._probation
+
+    async def remember(
+        self, room_id: bytes, address: bytes, *, used: bool = False
+    ) -> None:
         """See `Mailbox.remember`."""
         now = self._clock()
+
+        # A record that expired but was not purged yet starts afresh: it
+        # must not bring back a "used" mark older than the TTL.
+        cutoff = self._cutoff()
         await self._run(
             lambda: self._conn.execute(
-                "INSERT INTO members VALUES (?, ?, ?)"
-                " ON CONFLICT (room, address) DO UPDATE SET seen = excluded.seen",
-                (room_id, address, now),
+                "INSERT INTO members VALUES (?, ?, ?, ?)"
+                " ON CONFLICT (room, address) DO UPDATE SET"
+                " used = excluded.used OR (used AND seen > ?),"
+                " seen = excluded.seen",
+                (room_id, address, now, int(used), cutoff),
             )
         )
 
     async def is_member(self, room_id: bytes, address: bytes) -> bool:
-        """See `Mailbox.is_member`."""
-        cutoff = self._cutoff()
+        """See `Mailbox.is_member`: used for `ttl`, unused for `probation`."""
+        cutoff, probation = self._cutoff(), self._probation_cutoff()
         row = await self._run(
             lambda: self._conn.execute(
-                "SELECT 1 FROM members WHERE room = ? AND address = ? AND seen > ?",
-                (room_id, address, cutoff),
+                "SELECT 1 FROM members WHERE room = ? AND address = ?"
+                " AND seen > ? AND (used OR seen > ?)",
+                (room_id, address, cutoff, probation),
             ).fetchone()
         )
         return row is not None
@@ -151,11 +197,8 @@ class SqliteMailbox(Mailbox):
         frame_id = await self._run(
             lambda: self._store(room_id, recipient, sender, payload, now)
         )
-        if frame_id is None:
-            raise MailboxFull(
-                f"mailbox holds its maximum of {self._max_frames} frames"
-                f" or {self._max_bytes} bytes; the recipient must fetch first"
-            )
+        if isinstance(frame_id, BackendError):
+            raise frame_id
         return frame_id
 
     def _store(
@@ -165,32 +208,91 @@ class SqliteMailbox(Mailbox):
         sender: bytes,
         payload: bytes,
         now: float,
-    ) -> int | None:
-        """Check the caps and insert in one immediate transaction."""
+    ) -> int | BackendError:
+        """Check the caps and insert in one immediate transaction.
+
+        Returns:
+            The new frame's id, or the refusal to raise on the event loop.
+        """
         db = self._conn
         db.execute("BEGIN IMMEDIATE")
         try:
-            frames, size = db.execute(
-                "SELECT count(*), coalesce(sum(length(payload)), 0) FROM frames"
-                " WHERE room = ? AND recipient = ? AND stored > ?",
-                (room_id, recipient, now - self._ttl),
-            ).fetchone()
-            if frames + 1 > self._max_frames or size + len(payload) > self._max_bytes:
+            refusal = self._refusal(
+                db, room_id, recipient, sender, size=len(payload), now=now
+            )
+            if refusal is not None:
                 db.execute("ROLLBACK")
-                return None
+                return refusal
             cursor = db.execute(
                 "INSERT INTO frames (room, recipient, sender, payload, stored)"
                 " VALUES (?, ?, ?, ?, ?)",
                 (room_id, recipient, sender, payload, now),
+            )
+
+            # A frame waiting for the recipient makes its membership used.
+            db.execute(
+                "UPDATE members SET used = 1"
+                " WHERE room = ? AND address = ? AND NOT used",
+                (room_id, recipient),
             )
             db.execute("COMMIT")
         except BaseException:
             if db.in_transaction:
                 db.execute("ROLLBACK")
             raise
+        self._held = MailboxDepth(
+            self._held.frames + 1, self._held.bytes + len(payload)
+        )
         frame_id = cursor.lastrowid
         assert frame_id is not None
         return frame_id
+
+    def _refusal(
+        self,
+        db: sqlite3.Connection,
+        room_id: bytes,
+        recipient: bytes,
+        sender: bytes,
+        *,
+        size: int,
+        now: float,
+    ) -> BackendError | None:
+        """Why a frame of `size` bytes may not be stored now, if it may not."""
+        # The overall cap first: it costs no query.
+        held = self._held
+        if (self._total_frames is not None and held.frames >= self._total_frames) or (
+            self._total_bytes is not None and held.bytes + size > self._total_bytes
+        ):
+            return StorageFull(
+                "the relay's store holds its overall maximum of frames or bytes;"
+                " try again once recipients have fetched their mail"
+            )
+
+        cutoff = now - self._ttl
+        frames, total = db.execute(
+            "SELECT count(*), coalesce(sum(length(payload)), 0) FROM frames"
+            " WHERE room = ? AND recipient = ? AND stored > ?",
+            (room_id, recipient, cutoff),
+        ).fetchone()
+        if frames + 1 > self._max_frames or total + size > self._max_bytes:
+            return MailboxFull(
+                f"mailbox holds its maximum of {self._max_frames} frames"
+                f" or {self._max_bytes} bytes; the recipient must fetch first"
+            )
+
+        # One sender may take only its share, so others can still leave mail.
+        frames, total = db.execute(
+            "SELECT count(*), coalesce(sum(length(payload)), 0) FROM frames"
+            " WHERE room = ? AND recipient = ? AND sender = ? AND stored > ?",
+            (room_id, recipient, sender, cutoff),
+        ).fetchone()
+        if frames + 1 > self._sender_frames or total + size > self._sender_bytes:
+            return MailboxFull(
+                f"this sender holds its maximum of {self._sender_frames} frames"
+                f" or {self._sender_bytes} bytes in that mailbox;"
+                " the recipient must fetch first"
+            )
+        return None
 
     async def fetch(
         self, room_id: bytes, address: bytes, after: int, limit: int
@@ -209,37 +311,39 @@ class SqliteMailbox(Mailbox):
 
     async def ack(self, room_id: bytes, address: bytes, frame_id: int) -> bool:
         """See `Mailbox.ack`."""
-        count = await self._run(
-            lambda: (
-                self._conn.execute(
-                    "DELETE FROM frames WHERE id = ? AND room = ? AND recipient = ?",
-                    (frame_id, room_id, address),
-                ).rowcount
-            )
-        )
-        return count > 0
+        return await self._run(lambda: self._ack(room_id, address, frame_id))
+
+    def _ack(self, room_id: bytes, address: bytes, frame_id: int) -> bool:
+        row = self._conn.execute(
+            "DELETE FROM frames WHERE id = ? AND room = ? AND recipient = ?"
+            " RETURNING length(payload)",
+            (frame_id, room_id, address),
+        ).fetchone()
+        if row is None:
+            return False
+        self._held = MailboxDepth(self._held.frames - 1, self._held.bytes - row[0])
+        return True
 
     async def purge_expired(self) -> int:
         """See `Mailbox.purge_expired`."""
-        cutoff = self._cutoff()
-        return await self._run(lambda: self._purge(cutoff))
+        cutoff, probation = self._cutoff(), self._probation_cutoff()
+        return await self._run(lambda: self._purge(cutoff, probation))
 
-    def _purge(self, cutoff: float) -> int:
+    def _purge(self, cutoff: float, probation: float) -> int:
         db = self._conn
         with db:
             db.execute("BEGIN IMMEDIATE")
             removed = db.execute("DELETE FROM frames WHERE stored <= ?", (cutoff,))
-            db.execute("DELETE FROM members WHERE seen <= ?", (cutoff,))
+            db.execute(
+                "DELETE FROM members WHERE seen <= ? OR (NOT used AND seen <= ?)",
+                (cutoff, probation),
+            )
+        self._held = _count(db)
         return removed.rowcount
 
     async def depth(self) -> MailboxDepth:
-        """See `Mailbox.depth`."""
-        frames, size = await self._run(
-            lambda: self._conn.execute(
-                "SELECT count(*), coalesce(sum(length(payload)), 0) FROM frames"
-            ).fetchone()
-        )
-        return MailboxDepth(frames=frames, bytes=size)
+        """See `Mailbox.depth`: the running totals, read on the worker."""
+        return await self._run(lambda: self._held)
 
     async def check(self) -> None:
         """See `Mailbox.check`."""
@@ -257,3 +361,11 @@ class SqliteMailbox(Mailbox):
         if self._db is not None:
             self._db.close()
             self._db = None
+
+
+def _count(db: sqlite3.Connection) -> MailboxDepth:
+    """Count every frame and payload byte held (at open and after a purge)."""
+    frames, size = db.execute(
+        "SELECT count(*), coalesce(sum(length(payload)), 0) FROM frames"
+    ).fetchone()
+    return MailboxDepth(frames=frames, bytes=size)
