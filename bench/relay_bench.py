@@ -260,6 +260,8 @@ class Saltchat(Target):
             "1000000",
             "--max-connections-per-address",
             "5000",
+            "--new-memberships-per-address",
+            "1000000",
             "--ping-interval",
             "3600",
             "--log-level",

@@ -60,6 +60,15 @@ class RelayConfig:
         100.0, "frames per second a connection may send (token bucket)", low=0.001
     )
     burst: int = _setting(200, "frames a connection may send at once", low=1)
+    join_rate: float = _setting(
+        1.0,
+        "JOINs and LEAVEs per second a connection may send, apart from --rate;"
+        " more close 1008",
+        low=0.001,
+    )
+    join_burst: int = _setting(
+        32, "JOINs and LEAVEs a connection may send at once", low=1
+    )
     max_connections_per_address: int = _setting(
         32, "open connections per client IP address; more close 1013", low=1
     )
@@ -92,6 +101,39 @@ class RelayConfig:
     mailbox_max_frames: int = _setting(1000, "frames one mailbox may hold", low=1)
     mailbox_max_bytes: int = _setting(
         16 << 20, "payload bytes one mailbox may hold", low=1
+    )
+    mailbox_sender_frames: int = _setting(
+        500,
+        "frames one sender may hold in one mailbox; more are refused (0x10)",
+        low=1,
+    )
+    mailbox_sender_bytes: int = _setting(
+        8 << 20,
+        "payload bytes one sender may hold in one mailbox; more are refused (0x10)",
+        low=1,
+    )
+    store_max_frames: int = _setting(
+        1_000_000,
+        "frames all mailboxes together may hold; more are refused (0x12)",
+        low=1,
+    )
+    store_max_bytes: int = _setting(
+        1 << 30,
+        "payload bytes all mailboxes together may hold; more are refused (0x12)",
+        low=1,
+    )
+    membership_probation: float = _setting(
+        3600.0,
+        "seconds a never used membership is kept after last seen (at most the TTL)",
+        low=1,
+    )
+    new_memberships_per_connection: int = _setting(
+        32, "memberships one connection may create; more close 1008", low=1
+    )
+    new_memberships_per_address: int = _setting(
+        64,
+        "memberships one client IP address may create per hour; more close 1013",
+        low=1,
     )
     mailbox_batch: int = _setting(64, "stored frames fetched at a time", low=1)
     purge_interval: float = _setting(

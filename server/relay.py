@@ -32,6 +32,7 @@ from server.backends.base import Fanout, Mailbox, StorageUnavailable
 from server.backends.memory import MemoryFanout
 from server.backends.sqlite import SqliteMailbox
 from server.config import RelayConfig
+from server.limits import AddressBudget
 from server.metrics import CONTENT_TYPE, RelayStats, StatsCollector, render
 from server.outbound import BatchingConnection
 from server.session import CLOSE_CONNECTIONS, Close, Session
@@ -80,6 +81,11 @@ async def open_backends(
         ttl=config.mailbox_ttl,
         max_frames=config.mailbox_max_frames,
         max_bytes=config.mailbox_max_bytes,
+        sender_frames=config.mailbox_sender_frames,
+        sender_bytes=config.mailbox_sender_bytes,
+        total_frames=config.store_max_frames,
+        total_bytes=config.store_max_bytes,
+        probation=config.membership_probation,
         clock=clock,
     )
     await mailbox.open()
@@ -103,6 +109,7 @@ class Relay:
         self._clock = clock
         self._sessions: set[Session] = set()
         self._per_address: Counter[str] = Counter()
+        self.memberships = AddressBudget(config.new_memberships_per_address)
         self._tasks: set[asyncio.Task[None]] = set()
         self._server: Server | None = None
         self._mailbox: Mailbox | None = None
@@ -238,7 +245,7 @@ class Relay:
             await websocket.close(CLOSE_CONNECTIONS.code, CLOSE_CONNECTIONS.reason)
             return
 
-        session = Session(self, websocket)
+        session = Session(self, websocket, client)
         self._sessions.add(session)
         self._per_address[client] += 1
         logger.info("opened peer=%s from %s", session.name, client)
@@ -275,7 +282,11 @@ class Relay:
     # Background tasks.
 
     async def _sweep(self) -> None:
-        """Close connections that never joined in time or went idle."""
+        """Close connections that never joined in time or went idle.
+
+        Also forgets the membership budgets of client addresses that have
+        their whole budget again, so that they take no memory.
+        """
         config = self.config
         interval = max(0.05, min(config.join_timeout, config.idle_timeout, 20.0) / 4)
         while True:
@@ -285,6 +296,7 @@ class Relay:
                 close = session.expired(now)
                 if close is not None:
                     session.close(close)
+            self.memberships.forget_full(now)
 
     async def _purge(self) -> None:
         """Remove expired mail now and then, and refresh the depth gauges."""

@@ -37,7 +37,13 @@ from chat.envelope import (
     mailbox_address,
     split_send,
 )
-from server.backends.base import MailboxFull, RoomFull, StorageUnavailable
+from server.backends.base import (
+    MailboxFull,
+    RoomFull,
+    StorageFull,
+    StorageUnavailable,
+)
+from server.limits import Bucket
 from server.outbound import BatchingConnection, Outbound
 
 if TYPE_CHECKING:
@@ -59,7 +65,16 @@ class Close:
 
 CLOSE_TEXT = Close("text", 1003, "text messages are not accepted; send binary")
 CLOSE_RATE = Close("rate", 1008, "rate limit exceeded; slow down")
+CLOSE_JOIN_RATE = Close("join_rate", 1008, "JOIN/LEAVE rate limit exceeded; slow down")
 CLOSE_ROOMS = Close("rooms", 1008, "too many rooms on one connection")
+CLOSE_MEMBERSHIPS = Close(
+    "memberships", 1008, "too many new memberships on one connection"
+)
+CLOSE_ADDRESS_MEMBERSHIPS = Close(
+    "address_memberships",
+    1013,
+    "too many new memberships from this address; try later",
+)
 CLOSE_ROOM_FULL = Close("room_full", 1008, "room is full")
 CLOSE_JOIN_TIMEOUT = Close("join_timeout", 1008, "no JOIN in time after connecting")
 CLOSE_CONNECTIONS = Close("connections", 1013, "too many connections; try later")
@@ -79,11 +94,16 @@ class Session:
     Args:
         relay: the relay serving this connection.
         websocket: the connection.
+        client: the client's IP address, for the bounds per address.
     """
 
     __slots__ = (
+        "_created",
+        "_joins",
         "_refilled",
         "_tokens",
+        "_used",
+        "client",
         "closing",
         "joined_once",
         "last_activity",
@@ -96,10 +116,13 @@ class Session:
         "websocket",
     )
 
-    def __init__(self, relay: Relay, websocket: BatchingConnection) -> None:
+    def __init__(
+        self, relay: Relay, websocket: BatchingConnection, client: str = "unknown"
+    ) -> None:
         config = relay.config
         self.relay = relay
         self.websocket = websocket
+        self.client = client
         self.peer_id = os.urandom(8)
         self.rooms: dict[bytes, bytes] = {}
         self.pumps: dict[bytes, asyncio.Task[None]] = {}
@@ -109,6 +132,9 @@ class Session:
         self.last_activity = self.opened
         self._tokens = float(config.burst)
         self._refilled = self.opened
+        self._joins = Bucket(config.join_rate, config.join_burst, self.opened)
+        self._created = 0
+        self._used: set[bytes] = set()
         self.outbound = Outbound(
             websocket,
             max_frames=config.outbound_frames,
@@ -228,10 +254,14 @@ class Session:
             await self._send(
                 message.room_id, message.recipient, message.send_id, payload
             )
-        elif isinstance(message, Join):
-            await self._join(message)
-        elif isinstance(message, Leave):
-            await self._leave(message.room_id)
+        elif isinstance(message, Join | Leave):
+            # Each JOIN and LEAVE writes to the store: a bucket of its own.
+            if not self._joins.take(time.monotonic()):
+                self.close(CLOSE_JOIN_RATE)
+            elif isinstance(message, Join):
+                await self._join(message)
+            else:
+                await self._leave(message.room_id)
         else:
             await self._ack(message)
 
@@ -245,6 +275,10 @@ class Session:
             return
         if len(self.rooms) >= config.max_rooms_per_connection:
             self.close(CLOSE_ROOMS)
+            return
+        refusal = await self._creation_refused(room_id, address)
+        if refusal is not None:
+            self.close(refusal)
             return
 
         try:
@@ -270,14 +304,37 @@ class Session:
         self.pumps[room_id] = pump
         pump.add_done_callback(lambda _: self._pump_done(room_id, pump))
 
+    async def _creation_refused(self, room_id: bytes, address: bytes) -> Close | None:
+        """Count a membership this JOIN would create; the close if over a bound.
+
+        A membership already recorded costs nothing: a returning member never
+        runs into these bounds. When the store cannot tell, the JOIN counts
+        as new, so that a failing store does not lift the bounds.
+        """
+        try:
+            if await self.relay.mailbox.is_member(room_id, address):
+                return None
+        except StorageUnavailable as exc:
+            logger.warning("membership not checked peer=%s: %s", self.name, exc)
+
+        config = self.relay.config
+        if self._created >= config.new_memberships_per_connection:
+            return CLOSE_MEMBERSHIPS
+        if not self.relay.memberships.take(self.client, time.monotonic()):
+            return CLOSE_ADDRESS_MEMBERSHIPS
+        self._created += 1
+        return None
+
     def _pump_done(self, room_id: bytes, pump: asyncio.Task[None]) -> None:
         # Forget a finished pump, unless a later JOIN already replaced it.
         if self.pumps.get(room_id) is pump:
             del self.pumps[room_id]
 
-    async def _remember(self, room_id: bytes, address: bytes) -> None:
+    async def _remember(
+        self, room_id: bytes, address: bytes, *, used: bool = False
+    ) -> None:
         try:
-            await self.relay.mailbox.remember(room_id, address)
+            await self.relay.mailbox.remember(room_id, address, used=used)
         except StorageUnavailable as exc:
             logger.warning("membership not recorded peer=%s: %s", self.name, exc)
 
@@ -304,6 +361,7 @@ class Session:
         address = self.rooms.pop(room_id, None)
         if address is None:
             return
+        self._used.discard(room_id)
         pump = self.pumps.pop(room_id, None)
         if pump is not None:
             pump.cancel()
@@ -334,6 +392,12 @@ class Session:
             self._result(send_id, Status.PAYLOAD_TOO_LARGE)
             return
 
+        # A member that sends keeps its membership for the full TTL; one
+        # write per room and connection (see Mailbox.remember).
+        if room_id not in self._used:
+            self._used.add(room_id)
+            await self._remember(room_id, sender, used=True)
+
         # Live first: to the whole room, or to the recipient if present.
         frame = encode_deliver(room_id, sender, 0, payload)
         fanout = self.relay.fanout
@@ -362,6 +426,11 @@ class Session:
             frame_id = await mailbox.store(room_id, recipient, sender, bytes(payload))
         except MailboxFull:
             return Status.MAILBOX_FULL
+        except StorageFull:
+            # Not a failure of the store: counted apart, and not logged for
+            # every refused frame (a flood would flood the log too).
+            self.relay.stats.drops["storage_full"] += 1
+            return Status.STORAGE_UNAVAILABLE
         except StorageUnavailable as exc:
             logger.warning("store failed peer=%s: %s", self.name, exc)
             return Status.STORAGE_UNAVAILABLE
