@@ -5,6 +5,9 @@ pane, the peer list (each peer with its verification state: verified,
 unverified or CHANGED), and the input line. `/keys` opens the security panel
 with the live session statistics: epoch, messages in this epoch, rekeys,
 rejected frames by reason, fingerprint and safety numbers; never a key.
+
+Text from the network is made safe to show first (chat.ui.display), as in
+the plain mode: a message's further lines are marked continuation lines.
 """
 
 from __future__ import annotations
@@ -22,7 +25,8 @@ from textual.widgets import Input, RichLog, Static
 
 from chat.client import ChatClient, ClientEvent
 from chat.commands import handle_line
-from chat.ui.plain import describe
+from chat.ui.display import clean_line
+from chat.ui.plain import describe, message_lines
 
 __all__ = ["SaltchatApp", "TuiBridge", "run_tui"]
 
@@ -111,11 +115,9 @@ class SaltchatApp(App[int]):
     def show(self, event: ClientEvent) -> None:
         """Add one client event to the message pane."""
         if event.event == "message":
-            line = (
-                f"[b]{escape(event.fields['from'])}[/]: {escape(event.fields['text'])}"
-            )
+            line = _message(event.fields["from"], event.fields["text"], "b")
         elif event.event == "sent":
-            line = f"[dim]you[/]: {escape(event.fields['text'])}"
+            line = _message("you", event.fields["text"], "dim")
         elif event.event == "alert":
             line = f"[b reverse red] ALERT [/] {escape(describe(event))}"
         elif event.event == "keys" and self._mounted:
@@ -134,13 +136,13 @@ class SaltchatApp(App[int]):
         with contextlib.suppress(Exception):
             fingerprint = client.keys()["fingerprint"]
             self.query_one("#status", Static).update(
-                f"{client.connection}  |  {escape(client.nick)}  |  "
+                f"{client.connection}  |  {escape(clean_line(client.nick))}  |  "
                 f"fingerprint {fingerprint}"
             )
             rows = ["[b]peers[/]"]
             for peer in client.who():
                 here = "" if peer["present"] else " [dim](away)[/]"
-                rows.append(f"{escape(peer['peer'])}{here}")
+                rows.append(f"{escape(clean_line(peer['peer']))}{here}")
                 rows.append("  " + _TRUST_STYLE.get(peer["trust"], peer["trust"]))
             if len(rows) == 1:
                 rows.append("(nobody yet)")
@@ -178,6 +180,14 @@ class SaltchatApp(App[int]):
         self.exit(0)
 
 
+def _message(sender: str, text: str, style: str) -> str:
+    # The sender's name styled; further lines stay continuation lines.
+    first, *rest = message_lines(sender, text)
+    name, _, said = first.partition(": ")
+    rows = [f"[{style}]{escape(name)}[/]: {escape(said)}"]
+    return "\n".join(rows + [escape(line) for line in rest])
+
+
 def _keys_text(panel: dict[str, Any]) -> str:
     rows = [
         "[b]security panel[/] (Esc to close) - no key is ever shown here",
@@ -187,7 +197,7 @@ def _keys_text(panel: dict[str, Any]) -> str:
     for session in panel["sessions"]:
         rejected = ", ".join(f"{k}: {v}" for k, v in session["rejected"].items())
         rows += [
-            f"[b]{escape(session['peer'])}[/]  {session['state']}  "
+            f"[b]{escape(clean_line(session['peer']))}[/]  {session['state']}  "
             + _TRUST_STYLE.get(session["trust"], session["trust"]),
             f"  epoch {session['epoch']}  sent {session['sent_in_epoch']} / "
             f"received {session['received_in_epoch']} in this epoch  "
