@@ -35,6 +35,7 @@ from chat.home import Home, HomeError, resolve_home
 from chat.invite import Invite, InviteError, decode_invite, encode_invite
 from chat.limits import DEFAULT_RELAY, DEFAULT_ROOM, MAX_ROOM_NAME_BYTES
 from chat.passphrase import PassphraseError, load_identity, set_passphrase
+from chat.steps import RECORDED_STEPS
 from chat.transport import (
     DirectListener,
     Link,
@@ -52,22 +53,10 @@ __all__ = ["build_parser", "main"]
 
 logger = logging.getLogger("chat.client")
 
-# Handshake steps shown by --show-handshake. Per-message steps ("seal",
-# "open") are left out: a real session never prints message material.
-_HANDSHAKE_STEPS = frozenset(
-    {
-        "identity",
-        "ephemeral",
-        "hello-sent",
-        "hello-received",
-        "shared-secret",
-        "keys",
-        "auth",
-        "established",
-        "rejected",
-        "rekey",
-    }
-)
+# Handshake steps shown by --show-handshake: the ones /keys keeps, and
+# rejected frames. Per-message steps ("seal", "open") are left out: a real
+# session never prints message material.
+_HANDSHAKE_STEPS = RECORDED_STEPS | {"rejected"}
 
 
 class SetupError(Exception):

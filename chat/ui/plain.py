@@ -18,7 +18,7 @@ from chat.core.teaching import TeachingEvent
 from chat.demo.narration import describe_teaching
 from chat.ui.display import CONTINUATION, clean_fields, clean_line, text_lines
 
-__all__ = ["PlainRenderer", "describe", "message_lines"]
+__all__ = ["PlainRenderer", "describe", "handshake_lines", "message_lines"]
 
 
 def _peers(peers: list[dict[str, Any]]) -> str:
@@ -47,7 +47,24 @@ def _keys(panel: dict[str, Any]) -> str:
             f"    rejected frames: {rejected or 'none'}",
             f"    safety number: {session['safety_number']}",
         ]
+        steps = handshake_lines(session.get("handshake", []))
+        rows += ["    " + line for line in steps]
     return "\n".join(rows)
+
+
+def handshake_lines(steps: list[dict[str, Any]], width: int = 72) -> list[str]:
+    """The steps that established a session (from /keys), as text lines.
+
+    The same wording as --show-handshake and the demonstration; every value
+    is public or a short hash (chat.steps keeps nothing else).
+    """
+    if not steps:
+        return []
+    lines = ["how this session was established (secrets only as short hashes):"]
+    for step in clean_fields(steps):
+        event = TeachingEvent(step["step"], "you", step["fields"])
+        lines += describe_teaching(event, width=width)
+    return lines
 
 
 def _undelivered(items: list[dict[str, Any]]) -> str:

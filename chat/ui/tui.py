@@ -4,7 +4,9 @@ Layout: a status line (connection state, nickname, fingerprint), the message
 pane, the peer list (each peer with its verification state: verified,
 unverified or CHANGED), and the input line. `/keys` opens the security panel
 with the live session statistics: epoch, messages in this epoch, rekeys,
-rejected frames by reason, fingerprint and safety numbers; never a key.
+rejected frames by reason, fingerprint and safety numbers, and the steps
+that established each session (the --show-handshake steps: public values and
+short hashes); never a key.
 
 Text from the network is made safe to show first (chat.ui.display), as in
 the plain mode: a message's further lines are marked continuation lines.
@@ -20,13 +22,13 @@ from typing import Any, ClassVar
 from rich.markup import escape
 from textual.app import App, ComposeResult
 from textual.binding import Binding, BindingType
-from textual.containers import Horizontal, Vertical
+from textual.containers import Horizontal, Vertical, VerticalScroll
 from textual.widgets import Input, RichLog, Static
 
 from chat.client import ChatClient, ClientEvent
 from chat.commands import handle_line
 from chat.ui.display import clean_line
-from chat.ui.plain import describe, message_lines
+from chat.ui.plain import describe, handshake_lines, message_lines
 
 __all__ = ["SaltchatApp", "TuiBridge", "run_tui"]
 
@@ -70,9 +72,9 @@ class SaltchatApp(App[int]):
     #main { height: 1fr; }
     #messages { width: 1fr; border: round $primary; }
     #peers { width: 34; border: round $secondary; padding: 0 1; }
-    #keys { display: none; height: auto; max-height: 50%; border: double $warning;
-            padding: 0 1; }
-    #keys.shown { display: block; }
+    #keys-box { display: none; height: auto; max-height: 50%;
+                border: double $warning; padding: 0 1; }
+    #keys-box.shown { display: block; }
     """
     BINDINGS: ClassVar[list[BindingType]] = [
         Binding("ctrl+c", "quit_chat", "Quit", priority=True),
@@ -97,7 +99,8 @@ class SaltchatApp(App[int]):
             yield RichLog(id="messages", wrap=True, markup=True, min_width=20)
             with Vertical(id="peers"):
                 yield Static("[b]peers[/]\n(nobody yet)", id="peer-list")
-        yield Static("", id="keys")
+        with VerticalScroll(id="keys-box"):
+            yield Static("", id="keys")
         yield Input(placeholder="message, or /help", id="input")
 
     def on_mount(self) -> None:
@@ -147,18 +150,16 @@ class SaltchatApp(App[int]):
             if len(rows) == 1:
                 rows.append("(nobody yet)")
             self.query_one("#peer-list", Static).update("\n".join(rows))
-            panel = self.query_one("#keys", Static)
-            if panel.has_class("shown"):
-                panel.update(_keys_text(client.keys()))
+            if self.query_one("#keys-box").has_class("shown"):
+                self.query_one("#keys", Static).update(_keys_text(client.keys()))
 
     def _show_keys(self) -> None:
-        panel = self.query_one("#keys", Static)
-        panel.add_class("shown")
-        panel.update(_keys_text(self.client.keys()))
+        self.query_one("#keys-box").add_class("shown")
+        self.query_one("#keys", Static).update(_keys_text(self.client.keys()))
 
     def action_hide_keys(self) -> None:
         """Close the security panel."""
-        self.query_one("#keys", Static).remove_class("shown")
+        self.query_one("#keys-box").remove_class("shown")
 
     async def on_input_submitted(self, submitted: Input.Submitted) -> None:
         """A line from the input: a message or a command."""
@@ -205,6 +206,8 @@ def _keys_text(panel: dict[str, Any]) -> str:
             f"  rejected frames: {rejected or 'none'}",
             f"  safety number: {session['safety_number']}",
         ]
+        steps = handshake_lines(session.get("handshake", []), width=74)
+        rows += ["  " + escape(line) for line in steps]
     if not panel["sessions"]:
         rows.append("no session yet")
     return "\n".join(rows)
