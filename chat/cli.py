@@ -40,6 +40,7 @@ from chat.transport import (
     DirectListener,
     Link,
     LinkError,
+    check_url,
     connect_direct,
     connect_relay,
 )
@@ -77,7 +78,10 @@ def _ws_url(value: str) -> str:
         raise argparse.ArgumentTypeError(
             f"expected a ws:// or wss:// URL, got {value!r}"
         )
-    return value
+    try:
+        return check_url(value)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from exc
 
 
 def _room_name(value: str) -> str:
@@ -178,6 +182,10 @@ def _plan(
     args: argparse.Namespace, identity: Identity, environ: dict[str, str]
 ) -> _Plan:
     relay = args.relay or environ.get("SALTCHAT_RELAY") or DEFAULT_RELAY
+    try:
+        check_url(relay)
+    except ValueError as exc:
+        raise SetupError(f"SALTCHAT_RELAY: {exc}") from exc
     if args.command == "join":
         if not args.code:
             raise SetupError(
