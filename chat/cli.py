@@ -375,6 +375,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         format="%(asctime)s %(name)s %(levelname)s %(message)s",
         stream=sys.stderr,
     )
+    # websockets dumps every frame at DEBUG, the JOIN with its mailbox token
+    # among them: its own lines stop at warnings, whatever -v says.
+    logging.getLogger("websockets").setLevel(logging.WARNING)
     try:
         home = Home(resolve_home(args.home, os.environ))
         identity = _identity(args, home)
