@@ -35,10 +35,12 @@ from chat.home import Home, HomeError, resolve_home
 from chat.invite import Invite, InviteError, decode_invite, encode_invite
 from chat.limits import DEFAULT_RELAY, DEFAULT_ROOM, MAX_ROOM_NAME_BYTES
 from chat.passphrase import PassphraseError, load_identity, set_passphrase
+from chat.steps import RECORDED_STEPS
 from chat.transport import (
     DirectListener,
     Link,
     LinkError,
+    check_url,
     connect_direct,
     connect_relay,
 )
@@ -52,22 +54,10 @@ __all__ = ["build_parser", "main"]
 
 logger = logging.getLogger("chat.client")
 
-# Handshake steps shown by --show-handshake. Per-message steps ("seal",
-# "open") are left out: a real session never prints message material.
-_HANDSHAKE_STEPS = frozenset(
-    {
-        "identity",
-        "ephemeral",
-        "hello-sent",
-        "hello-received",
-        "shared-secret",
-        "keys",
-        "auth",
-        "established",
-        "rejected",
-        "rekey",
-    }
-)
+# Handshake steps shown by --show-handshake: the ones /keys keeps, and
+# rejected frames. Per-message steps ("seal", "open") are left out: a real
+# session never prints message material.
+_HANDSHAKE_STEPS = RECORDED_STEPS | {"rejected"}
 
 
 class SetupError(Exception):
@@ -88,7 +78,10 @@ def _ws_url(value: str) -> str:
         raise argparse.ArgumentTypeError(
             f"expected a ws:// or wss:// URL, got {value!r}"
         )
-    return value
+    try:
+        return check_url(value)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from exc
 
 
 def _room_name(value: str) -> str:
@@ -189,6 +182,10 @@ def _plan(
     args: argparse.Namespace, identity: Identity, environ: dict[str, str]
 ) -> _Plan:
     relay = args.relay or environ.get("SALTCHAT_RELAY") or DEFAULT_RELAY
+    try:
+        check_url(relay)
+    except ValueError as exc:
+        raise SetupError(f"SALTCHAT_RELAY: {exc}") from exc
     if args.command == "join":
         if not args.code:
             raise SetupError(
@@ -378,6 +375,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         format="%(asctime)s %(name)s %(levelname)s %(message)s",
         stream=sys.stderr,
     )
+    # websockets dumps every frame at DEBUG, the JOIN with its mailbox token
+    # among them: its own lines stop at warnings, whatever -v says.
+    logging.getLogger("websockets").setLevel(logging.WARNING)
     try:
         home = Home(resolve_home(args.home, os.environ))
         identity = _identity(args, home)

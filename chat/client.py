@@ -72,6 +72,7 @@ from chat.limits import (
     SEND_RATE,
     TICK_SECONDS,
 )
+from chat.steps import SessionSteps
 from chat.transport import (
     DIRECT_PEER,
     Inbound,
@@ -213,6 +214,7 @@ class _Peer:
     warned: Session | None = None  # session whose failed handshake was reported
     held: deque[tuple[bytes, int]] = field(default_factory=deque)
     early: deque[tuple[bytes, str]] = field(default_factory=deque)
+    steps: SessionSteps = field(default_factory=SessionSteps)
 
     @property
     def label(self) -> str:
@@ -561,16 +563,23 @@ class ChatClient:
         return peer
 
     def _new_session(self, peer: _Peer) -> Session:
+        # Each session records its own steps for /keys (chat.steps).
+        peer.steps = SessionSteps()
         peer.session = Session(
             self._identity,
             self._room,
             now=self._clock(),
-            observer=self._observer,
+            observer=partial(self._observe, peer.steps),
             side=self.nick,
         )
         peer.started_at = self._clock()
         peer.ready = False
         return peer.session
+
+    def _observe(self, steps: SessionSteps, event: TeachingEvent) -> None:
+        steps.record(event)
+        if self._observer is not None:
+            self._observer(event)
 
     def _start_handshake(self, peer: _Peer) -> None:
         self._new_session(peer).start()
@@ -1065,7 +1074,8 @@ class ChatClient:
         self._dirty.set()
 
     def keys(self) -> dict[str, Any]:
-        """The security panel: per-session statistics, never a key."""
+        """The security panel: per-session statistics and the steps that
+        established the session (public values, short hashes), never a key."""
         sessions = []
         for peer in self._peers.values():
             session = peer.session
@@ -1083,6 +1093,7 @@ class ChatClient:
                     "rejected": dict(stats.rejected),
                     "safety_number": peer.safety_number,
                     "trust": str(peer.trust) if peer.trust else "unknown",
+                    "handshake": peer.steps.steps(),
                 }
             )
         return {

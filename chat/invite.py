@@ -30,6 +30,8 @@ from dataclasses import dataclass
 import nacl.encoding
 import nacl.hash
 
+from chat.transport import check_url
+
 __all__ = ["Invite", "InviteError", "decode_invite", "encode_invite"]
 
 _PREFIX = "sc1-"
@@ -175,4 +177,7 @@ def _check_url(url: str) -> str:
         raise InviteError(f"relay URL must start with ws:// or wss://: {url!r}")
     if len(url) > _MAX_URL_BYTES or any(char.isspace() for char in url):
         raise InviteError("relay URL is too long or contains spaces")
-    return url
+    try:
+        return check_url(url)
+    except ValueError as exc:
+        raise InviteError(f"the relay URL is malformed: {exc}") from exc

@@ -17,6 +17,7 @@ __all__ = [
     "DEFAULT_RELAY",
     "DEFAULT_ROOM",
     "HANDSHAKE_RETRY_LIMIT",
+    "HANDSHAKE_STEPS_KEPT",
     "HANDSHAKE_TIMEOUT_SECONDS",
     "HELD_FRAMES_PER_PEER",
     "MAX_COMMAND_BYTES",
@@ -33,6 +34,7 @@ __all__ = [
     "RECONNECT_CAP_SECONDS",
     "RECONNECT_FACTOR",
     "RECONNECT_JITTER",
+    "REKEY_STEPS_KEPT",
     "SEND_BURST",
     "SEND_RATE",
     "TICK_SECONDS",
@@ -68,6 +70,13 @@ DEDUP_IDS_PER_PEER: Final = 4096
 
 HELD_FRAMES_PER_PEER: Final = 256
 """Frames kept unprocessed for a peer whose identity changed (until /trust)."""
+
+HANDSHAKE_STEPS_KEPT: Final = 16
+"""Steps of a session's handshake kept per peer for /keys (one handshake
+takes about ten)."""
+
+REKEY_STEPS_KEPT: Final = 6
+"""Rekey steps kept per peer for /keys (each rekey takes two): the last few."""
 
 HANDSHAKE_TIMEOUT_SECONDS: Final = 10.0
 """A handshake still unfinished after this is started afresh."""

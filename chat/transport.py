@@ -31,6 +31,7 @@ from typing import Protocol
 from websockets.asyncio.client import ClientConnection, connect
 from websockets.asyncio.server import Server, ServerConnection, serve
 from websockets.exceptions import ConnectionClosed, InvalidHandshake, InvalidURI
+from websockets.uri import parse_uri
 
 from chat import envelope
 from chat.envelope import EnvelopeError
@@ -48,6 +49,7 @@ __all__ = [
     "PeerGone",
     "RelayLink",
     "SendRefused",
+    "check_url",
     "connect_direct",
     "connect_relay",
 ]
@@ -139,6 +141,25 @@ class Link(Protocol):
         ...
 
 
+def check_url(url: str) -> str:
+    """Return `url` if it is a WebSocket URL that can be connected to.
+
+    websockets' own parser decides, so that a URL accepted here never fails
+    to parse when a connection is opened (a bracket left open, a port out of
+    range, a fragment).
+
+    Raises:
+        ValueError: the URL is not a ws:// or wss:// URL; the message says why.
+    """
+    try:
+        parse_uri(url)
+    except InvalidURI as exc:
+        raise ValueError(f"not a WebSocket URL: {url!r} ({exc.msg})") from exc
+    except ValueError as exc:
+        raise ValueError(f"not a WebSocket URL: {url!r} ({exc})") from exc
+    return url
+
+
 def _connection_error(exc: BaseException) -> LinkError:
     # One seam where the WebSocket layer's errors become ours.
     detail = str(exc)
@@ -148,7 +169,8 @@ def _connection_error(exc: BaseException) -> LinkError:
         if rcvd is not None:
             reason = f" ({rcvd.reason})" if rcvd.reason else ""
             detail = f"connection closed with code {rcvd.code}{reason}"
-    elif isinstance(exc, InvalidURI):
+    elif isinstance(exc, InvalidURI | ValueError):
+        # Parsing the URL failed (check_url refuses such URLs earlier).
         detail = f"not a WebSocket URL: {exc}"
     elif isinstance(exc, InvalidHandshake):
         detail = f"the server refused the WebSocket handshake: {exc}"
@@ -168,7 +190,7 @@ async def _open(url: str) -> ClientConnection:
             open_timeout=_OPEN_TIMEOUT_SECONDS,
             close_timeout=2,
         )
-    except (OSError, TimeoutError, InvalidHandshake, InvalidURI) as exc:
+    except (OSError, TimeoutError, InvalidHandshake, InvalidURI, ValueError) as exc:
         raise _connection_error(exc) from exc
 
 

@@ -272,7 +272,7 @@ class Relay:
             close = _close_of(websocket, self.stopping)
         self.stats.closes[close.label] += 1
         logger.info(
-            "closed peer=%s code=%d reason=%s rooms=%d",
+            "closed peer=%s code=%d reason=%r rooms=%d",
             session.name,
             close.code,
             close.reason or "-",

@@ -2,7 +2,9 @@
 
 Meant for a terminal without the full-screen interface, for pipes, and for
 people who grep their chat. stdin lines are messages, or commands when they
-start with `/`.
+start with `/`. Text from the network is made safe to show first
+(chat.ui.display): a message's further lines are continuation lines, so no
+line a peer sends can pass for a line from someone else.
 """
 
 from __future__ import annotations
@@ -14,8 +16,9 @@ from typing import Any, TextIO
 from chat.client import ClientEvent
 from chat.core.teaching import TeachingEvent
 from chat.demo.narration import describe_teaching
+from chat.ui.display import CONTINUATION, clean_fields, clean_line, text_lines
 
-__all__ = ["PlainRenderer", "describe"]
+__all__ = ["PlainRenderer", "describe", "handshake_lines", "message_lines"]
 
 
 def _peers(peers: list[dict[str, Any]]) -> str:
@@ -44,7 +47,24 @@ def _keys(panel: dict[str, Any]) -> str:
             f"    rejected frames: {rejected or 'none'}",
             f"    safety number: {session['safety_number']}",
         ]
+        steps = handshake_lines(session.get("handshake", []))
+        rows += ["    " + line for line in steps]
     return "\n".join(rows)
+
+
+def handshake_lines(steps: list[dict[str, Any]], width: int = 72) -> list[str]:
+    """The steps that established a session (from /keys), as text lines.
+
+    The same wording as --show-handshake and the demonstration; every value
+    is public or a short hash (chat.steps keeps nothing else).
+    """
+    if not steps:
+        return []
+    lines = ["how this session was established (secrets only as short hashes):"]
+    for step in clean_fields(steps):
+        event = TeachingEvent(step["step"], "you", step["fields"])
+        lines += describe_teaching(event, width=width)
+    return lines
 
 
 def _undelivered(items: list[dict[str, Any]]) -> str:
@@ -113,11 +133,22 @@ _FORMATS: dict[str, Callable[[dict[str, Any]], str]] = {
 
 
 def describe(event: ClientEvent) -> str:
-    """A one-or-more-line human description of any event."""
+    """A one-or-more-line human description of any event.
+
+    Every string in the event is made one safe line first: the only line
+    breaks in the description are the ones its format puts there.
+    """
+    fields = clean_fields(event.fields)
     format_event = _FORMATS.get(event.event)
     if format_event is None:
-        return f"{event.event}: {event.fields}"
-    return format_event(event.fields)
+        return f"{clean_line(event.event)}: {fields}"
+    return format_event(fields)
+
+
+def message_lines(sender: str, text: str) -> list[str]:
+    """A message as `SENDER: text`, its further lines marked as continuations."""
+    first, *rest = text_lines(text)
+    return [f"{clean_line(sender)}: {first}"] + [CONTINUATION + line for line in rest]
 
 
 class PlainRenderer:
@@ -131,7 +162,8 @@ class PlainRenderer:
     def __call__(self, event: ClientEvent) -> None:
         """Print one event."""
         if event.event == "message":
-            self._out.write(f"{event.fields['from']}: {event.fields['text']}\n")
+            for line in message_lines(event.fields["from"], event.fields["text"]):
+                self._out.write(line + "\n")
             self._out.flush()
             return
         if event.event == "sent":

@@ -4,7 +4,12 @@ Layout: a status line (connection state, nickname, fingerprint), the message
 pane, the peer list (each peer with its verification state: verified,
 unverified or CHANGED), and the input line. `/keys` opens the security panel
 with the live session statistics: epoch, messages in this epoch, rekeys,
-rejected frames by reason, fingerprint and safety numbers; never a key.
+rejected frames by reason, fingerprint and safety numbers, and the steps
+that established each session (the --show-handshake steps: public values and
+short hashes); never a key.
+
+Text from the network is made safe to show first (chat.ui.display), as in
+the plain mode: a message's further lines are marked continuation lines.
 """
 
 from __future__ import annotations
@@ -17,12 +22,13 @@ from typing import Any, ClassVar
 from rich.markup import escape
 from textual.app import App, ComposeResult
 from textual.binding import Binding, BindingType
-from textual.containers import Horizontal, Vertical
+from textual.containers import Horizontal, Vertical, VerticalScroll
 from textual.widgets import Input, RichLog, Static
 
 from chat.client import ChatClient, ClientEvent
 from chat.commands import handle_line
-from chat.ui.plain import describe
+from chat.ui.display import clean_line
+from chat.ui.plain import describe, handshake_lines, message_lines
 
 __all__ = ["SaltchatApp", "TuiBridge", "run_tui"]
 
@@ -66,9 +72,9 @@ class SaltchatApp(App[int]):
     #main { height: 1fr; }
     #messages { width: 1fr; border: round $primary; }
     #peers { width: 34; border: round $secondary; padding: 0 1; }
-    #keys { display: none; height: auto; max-height: 50%; border: double $warning;
-            padding: 0 1; }
-    #keys.shown { display: block; }
+    #keys-box { display: none; height: auto; max-height: 50%;
+                border: double $warning; padding: 0 1; }
+    #keys-box.shown { display: block; }
     """
     BINDINGS: ClassVar[list[BindingType]] = [
         Binding("ctrl+c", "quit_chat", "Quit", priority=True),
@@ -93,7 +99,8 @@ class SaltchatApp(App[int]):
             yield RichLog(id="messages", wrap=True, markup=True, min_width=20)
             with Vertical(id="peers"):
                 yield Static("[b]peers[/]\n(nobody yet)", id="peer-list")
-        yield Static("", id="keys")
+        with VerticalScroll(id="keys-box"):
+            yield Static("", id="keys")
         yield Input(placeholder="message, or /help", id="input")
 
     def on_mount(self) -> None:
@@ -111,11 +118,9 @@ class SaltchatApp(App[int]):
     def show(self, event: ClientEvent) -> None:
         """Add one client event to the message pane."""
         if event.event == "message":
-            line = (
-                f"[b]{escape(event.fields['from'])}[/]: {escape(event.fields['text'])}"
-            )
+            line = _message(event.fields["from"], event.fields["text"], "b")
         elif event.event == "sent":
-            line = f"[dim]you[/]: {escape(event.fields['text'])}"
+            line = _message("you", event.fields["text"], "dim")
         elif event.event == "alert":
             line = f"[b reverse red] ALERT [/] {escape(describe(event))}"
         elif event.event == "keys" and self._mounted:
@@ -134,29 +139,27 @@ class SaltchatApp(App[int]):
         with contextlib.suppress(Exception):
             fingerprint = client.keys()["fingerprint"]
             self.query_one("#status", Static).update(
-                f"{client.connection}  |  {escape(client.nick)}  |  "
+                f"{client.connection}  |  {escape(clean_line(client.nick))}  |  "
                 f"fingerprint {fingerprint}"
             )
             rows = ["[b]peers[/]"]
             for peer in client.who():
                 here = "" if peer["present"] else " [dim](away)[/]"
-                rows.append(f"{escape(peer['peer'])}{here}")
+                rows.append(f"{escape(clean_line(peer['peer']))}{here}")
                 rows.append("  " + _TRUST_STYLE.get(peer["trust"], peer["trust"]))
             if len(rows) == 1:
                 rows.append("(nobody yet)")
             self.query_one("#peer-list", Static).update("\n".join(rows))
-            panel = self.query_one("#keys", Static)
-            if panel.has_class("shown"):
-                panel.update(_keys_text(client.keys()))
+            if self.query_one("#keys-box").has_class("shown"):
+                self.query_one("#keys", Static).update(_keys_text(client.keys()))
 
     def _show_keys(self) -> None:
-        panel = self.query_one("#keys", Static)
-        panel.add_class("shown")
-        panel.update(_keys_text(self.client.keys()))
+        self.query_one("#keys-box").add_class("shown")
+        self.query_one("#keys", Static).update(_keys_text(self.client.keys()))
 
     def action_hide_keys(self) -> None:
         """Close the security panel."""
-        self.query_one("#keys", Static).remove_class("shown")
+        self.query_one("#keys-box").remove_class("shown")
 
     async def on_input_submitted(self, submitted: Input.Submitted) -> None:
         """A line from the input: a message or a command."""
@@ -178,6 +181,14 @@ class SaltchatApp(App[int]):
         self.exit(0)
 
 
+def _message(sender: str, text: str, style: str) -> str:
+    # The sender's name styled; further lines stay continuation lines.
+    first, *rest = message_lines(sender, text)
+    name, _, said = first.partition(": ")
+    rows = [f"[{style}]{escape(name)}[/]: {escape(said)}"]
+    return "\n".join(rows + [escape(line) for line in rest])
+
+
 def _keys_text(panel: dict[str, Any]) -> str:
     rows = [
         "[b]security panel[/] (Esc to close) - no key is ever shown here",
@@ -187,7 +198,7 @@ def _keys_text(panel: dict[str, Any]) -> str:
     for session in panel["sessions"]:
         rejected = ", ".join(f"{k}: {v}" for k, v in session["rejected"].items())
         rows += [
-            f"[b]{escape(session['peer'])}[/]  {session['state']}  "
+            f"[b]{escape(clean_line(session['peer']))}[/]  {session['state']}  "
             + _TRUST_STYLE.get(session["trust"], session["trust"]),
             f"  epoch {session['epoch']}  sent {session['sent_in_epoch']} / "
             f"received {session['received_in_epoch']} in this epoch  "
@@ -195,6 +206,8 @@ def _keys_text(panel: dict[str, Any]) -> str:
             f"  rejected frames: {rejected or 'none'}",
             f"  safety number: {session['safety_number']}",
         ]
+        steps = handshake_lines(session.get("handshake", []), width=74)
+        rows += ["  " + escape(line) for line in steps]
     if not panel["sessions"]:
         rows.append("no session yet")
     return "\n".join(rows)
