@@ -98,6 +98,24 @@ class RelayConfig:
         600.0, "seconds between removals of expired frames", low=0.01
     )
 
+    # Scale-out through Redis (used only with --redis; see docs/relay.md).
+    redis_prefix: str = _setting("saltchat", "prefix of every Redis key and channel")
+    redis_timeout: float = _setting(
+        2.0, "seconds a Redis command may take before it counts as failed", low=0.05
+    )
+    redis_connections: int = _setting(
+        32, "most connections to Redis from one relay", low=2
+    )
+    redis_backoff: float = _setting(
+        5.0, "most seconds between attempts to reconnect to Redis", low=0.05
+    )
+    presence_ttl: float = _setting(
+        15.0, "seconds a member stays present after its relay's last heartbeat", low=0.1
+    )
+    presence_interval: float = _setting(
+        5.0, "seconds between presence heartbeats; below --presence-ttl", low=0.05
+    )
+
     # Stopping.
     shutdown_timeout: float = _setting(
         10.0, "seconds to close connections on SIGTERM before exiting", low=0.01
@@ -129,6 +147,8 @@ class RelayConfig:
             )
         if self.log_format not in ("text", "json"):
             raise ConfigError("--log-format must be 'text' or 'json'")
+        if self.presence_interval >= self.presence_ttl:
+            raise ConfigError("--presence-interval must be below --presence-ttl")
         if (self.tls_cert is None) != (self.tls_key is None):
             raise ConfigError("--tls-cert and --tls-key go together")
         return self

@@ -54,7 +54,7 @@ async def open_backends(
     """Open the storage the configuration asks for.
 
     With ``--redis`` the backends come from ``server.backends.redis``, whose
-    ``open_backends(config)`` coroutine returns ``(mailbox, fanout)``;
+    ``open_backends(config, clock)`` coroutine returns ``(mailbox, fanout)``;
     otherwise the embedded SQLite mailbox and in-process fan-out.
 
     Raises:
@@ -72,7 +72,7 @@ async def open_backends(
                 " with the 'redis' package) is not installed; install"
                 " saltchat[redis] or run without --redis to use SQLite"
             ) from exc
-        backends: tuple[Mailbox, Fanout] = await module.open_backends(config)
+        backends: tuple[Mailbox, Fanout] = await module.open_backends(config, clock)
         return backends
 
     mailbox = SqliteMailbox(
