@@ -18,11 +18,14 @@ from typing import Any
 
 from chat.envelope import DELIVER_HEADER_SIZE, JOINED_MAX_MEMBERS, MAX_MESSAGE_SIZE
 
-__all__ = ["ENV_PREFIX", "ConfigError", "RelayConfig", "build_parser", "load_config"]
+__all__ = ["ENV_PREFIX", "PRESENCE_BEATS", "ConfigError", "RelayConfig", "build_parser", "load_config"]
 
 ENV_PREFIX = "SALTCHAT_RELAY_"
 
 DAY = 24 * 3600
+
+PRESENCE_BEATS = 3
+"""Presence heartbeats per ``--presence-ttl``: a member outlives two missed beats."""
 
 
 class ConfigError(ValueError):
@@ -110,10 +113,10 @@ class RelayConfig:
         5.0, "most seconds between attempts to reconnect to Redis", low=0.05
     )
     presence_ttl: float = _setting(
-        15.0, "seconds a member stays present after its relay's last heartbeat", low=0.1
-    )
-    presence_interval: float = _setting(
-        5.0, "seconds between presence heartbeats; below --presence-ttl", low=0.05
+        15.0,
+        "seconds a member stays present after its relay's last heartbeat"
+        " (a relay beats PRESENCE_BEATS times per ttl)",
+        low=0.1,
     )
 
     # Stopping.
@@ -147,11 +150,14 @@ class RelayConfig:
             )
         if self.log_format not in ("text", "json"):
             raise ConfigError("--log-format must be 'text' or 'json'")
-        if self.presence_interval >= self.presence_ttl:
-            raise ConfigError("--presence-interval must be below --presence-ttl")
         if (self.tls_cert is None) != (self.tls_key is None):
             raise ConfigError("--tls-cert and --tls-key go together")
         return self
+
+    @property
+    def presence_interval(self) -> float:
+        """Seconds between presence heartbeats (with ``--redis``)."""
+        return self.presence_ttl / PRESENCE_BEATS
 
     @property
     def mailbox_path(self) -> Path:

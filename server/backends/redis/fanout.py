@@ -432,13 +432,19 @@ class RedisFanout(Fanout):
         if self._closed:
             return
         self._closed = True
-        for task in self._tasks:
-            task.cancel()
-        await asyncio.gather(*self._tasks, return_exceptions=True)
         self._connected = False
+
+        # Closing the connection ends the listener's read: a cancellation
+        # alone can be lost inside redis-py's read timeout.
         if self._pubsub is not None:
             with contextlib.suppress(RedisError, OSError):
                 await self._pubsub.aclose()  # type: ignore[no-untyped-call]
+        for task in self._tasks:
+            task.cancel()
+        if self._tasks:
+            _, stuck = await asyncio.wait(self._tasks, timeout=self._timeout)
+            if stuck:
+                logger.warning("Redis listener did not stop in time")
 
     # Messages from the room channels.
 
@@ -482,8 +488,8 @@ class RedisFanout(Fanout):
         """Keep one pub/sub connection listening; reconnect with backoff."""
         delay = BACKOFF_START
         lost_at: float | None = None
-        while True:
-            pubsub = self._link.client.pubsub()
+        while not self._closed:
+            pubsub = self._link.listener.pubsub()
             self._pubsub = pubsub
             listener: asyncio.Task[None] | None = None
             try:
@@ -507,6 +513,9 @@ class RedisFanout(Fanout):
                     room.subscribed = False
                 with contextlib.suppress(RedisError, OSError):
                     await pubsub.aclose()  # type: ignore[no-untyped-call]
+
+            if self._closed:
+                return
 
             # The previous connection was last heard at `lost_at`: stored
             # frames announced after that are handed over again (_resync).
@@ -538,7 +547,7 @@ class RedisFanout(Fanout):
         heard = time.monotonic()
         self._heard_at = self._clock()
         pinged = False
-        while True:
+        while not self._closed:
             message = await pubsub.get_message(timeout=self._interval)
             now = time.monotonic()
             if message is not None:

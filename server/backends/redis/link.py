@@ -73,8 +73,11 @@ class RedisLink:
         prefix: prefix of every key and channel.
     """
 
-    def __init__(self, client: aioredis.Redis, prefix: str) -> None:
+    def __init__(
+        self, client: aioredis.Redis, listener: aioredis.Redis, prefix: str
+    ) -> None:
         self.client = client
+        self.listener = listener
         self._prefix = prefix.encode()
         self.index = self._prefix + b":mailboxes"
         self.depth = self._prefix + b":depth"
@@ -89,22 +92,27 @@ class RedisLink:
         Raises:
             StorageUnavailable: `url` is not a Redis URL.
         """
-        try:
-            pool = aioredis.BlockingConnectionPool.from_url(
-                url,
-                max_connections=connections,
-                timeout=timeout,
-                socket_timeout=timeout,
-                socket_connect_timeout=timeout,
-                retry=Retry(NoBackoff(), 0),
-                protocol=2,
-            )
-        except ValueError as exc:
-            raise StorageUnavailable(
-                f"--redis {redacted(url)!r} is not a Redis URL ({exc});"
-                " use redis://host:port/db"
-            ) from exc
-        return cls(aioredis.Redis(connection_pool=pool), prefix)
+        # Pub/sub gets a pool of its own: a connection in subscribed mode
+        # must never be handed to a command.
+        pools = []
+        for size in (connections - 1, 1):
+            try:
+                pool = aioredis.BlockingConnectionPool.from_url(
+                    url,
+                    max_connections=size,
+                    timeout=timeout,
+                    socket_timeout=timeout,
+                    socket_connect_timeout=timeout,
+                    retry=Retry(NoBackoff(), 0),
+                    protocol=2,
+                )
+            except ValueError as exc:
+                raise StorageUnavailable(
+                    f"--redis {redacted(url)!r} is not a Redis URL ({exc});"
+                    " use redis://host:port/db"
+                ) from exc
+            pools.append(aioredis.Redis(connection_pool=pool))
+        return cls(pools[0], pools[1], prefix)
 
     async def call(self, awaitable: Awaitable[T]) -> T:
         """Await one Redis operation; map its failures to `StorageUnavailable`."""
@@ -129,6 +137,7 @@ class RedisLink:
             return
         self._closed = True
         await self.client.aclose(close_connection_pool=True)
+        await self.listener.aclose(close_connection_pool=True)
 
     # Key names.
 

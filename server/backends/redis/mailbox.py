@@ -200,10 +200,19 @@ class RedisMailbox(Mailbox):
         )
 
     async def is_member(self, room_id: bytes, address: bytes) -> bool:
-        """See `Mailbox.is_member`."""
-        seen = await self._link.call(
-            self._link.client.get(self._link.member(room_id, address))
-        )
+        """See `Mailbox.is_member`; a member present in the room is one too.
+
+        The relay records the membership just after it answered the JOIN, so
+        a sender on another relay may see the recipient present before the
+        record exists; presence (written before the JOIN is answered) closes
+        that window.
+        """
+        pipeline = self._link.client.pipeline(transaction=False)
+        pipeline.get(self._link.member(room_id, address))
+        pipeline.zscore(self._link.room(room_id).present, address)
+        seen, present = await self._link.call(pipeline.execute())
+        if present is not None:
+            return True
         return seen is not None and float(seen) > self._clock() - self._ttl
 
     async def store(
