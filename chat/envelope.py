@@ -58,7 +58,9 @@ __all__ = [
     "decode_relay",
     "encode",
     "encode_deliver",
+    "encode_result",
     "mailbox_address",
+    "split_send",
 ]
 
 VERSION: Final = 0x01
@@ -256,6 +258,7 @@ _U16 = struct.Struct(">H")
 _U32 = struct.Struct(">I")
 _U64 = struct.Struct(">Q")
 _U8 = struct.Struct(">B")
+_DELIVER_HEAD = _HEAD.pack(VERSION, MessageType.DELIVER)
 
 
 # Encoding. Every field is checked so that a caller cannot emit an envelope
@@ -278,21 +281,21 @@ def _check_payload(value: bytes) -> None:
 
 
 def encode_deliver(
-    room_id: bytes, sender: bytes, frame_id: int, payload: bytes
+    room_id: bytes, sender: bytes, frame_id: int, payload: bytes | memoryview
 ) -> bytes:
     """Encode a DELIVER without building a dataclass (the relay's hot path).
 
     The caller (the relay) passes fields it has already checked.
     """
-    return b"".join(
-        (
-            _HEAD.pack(VERSION, MessageType.DELIVER),
-            room_id,
-            sender,
-            _U64.pack(frame_id),
-            payload,
-        )
-    )
+    return b"".join((_DELIVER_HEAD, room_id, sender, _U64.pack(frame_id), payload))
+
+
+_RESULT = struct.Struct(">BBIB")
+
+
+def encode_result(send_id: int, status: Status) -> bytes:
+    """Encode a RESULT without building a dataclass (the relay's hot path)."""
+    return _RESULT.pack(VERSION, MessageType.RESULT, send_id, status)
 
 
 def encode(message: ClientMessage | RelayMessage) -> bytes:
@@ -353,9 +356,7 @@ def _encode_relay(message: RelayMessage) -> bytes:
             return encode_deliver(room_id, sender, frame_id, payload)
         case Result(send_id, status):
             _check_int("send_id", send_id, 32)
-            status = _status(status)
-            head = _HEAD.pack(VERSION, MessageType.RESULT)
-            return head + _U32.pack(send_id) + _U8.pack(status)
+            return encode_result(send_id, _status(status))
         case _:
             raise EnvelopeError(f"cannot encode {type(message).__name__}")
 
@@ -425,6 +426,23 @@ def decode_client(data: object) -> ClientMessage:
         _exact("ACK", data, 2 + ROOM_ID_SIZE + 8)
         return Ack(data[2:34], _U64.unpack_from(data, 34)[0])
     raise EnvelopeError(f"unknown client message type {kind:#04x}")
+
+
+def split_send(data: bytes) -> tuple[bytes, bytes, int, memoryview] | None:
+    """Read a SEND's fields without copying its payload (the relay's hot path).
+
+    Args:
+        data: one binary WebSocket message.
+
+    Returns:
+        ``(room_id, recipient, send_id, payload)`` with the payload as a view
+        into `data`, or None if `data` is not a well-formed SEND (the caller
+        then decodes it with `decode_client`, which names what is wrong).
+    """
+    if len(data) <= SEND_HEADER_SIZE or data[0] != VERSION or data[1] != 0x03:
+        return None
+    (send_id,) = _U32.unpack_from(data, 66)
+    return data[2:34], data[34:66], send_id, memoryview(data)[SEND_HEADER_SIZE:]
 
 
 def decode_relay(data: object) -> RelayMessage:

@@ -242,13 +242,12 @@ class Relay:
         self._sessions.add(session)
         self._per_address[client] += 1
         logger.info("opened peer=%s from %s", session.name, client)
-        writer = self.spawn(self._write(session))
         try:
             await session.run()
             if session.closing is not None:
                 await websocket.close(session.closing.code, session.closing.reason)
         finally:
-            writer.cancel()
+            session.outbound.close()
             rooms = len(session.rooms)
             await session.leave_all()
             self._sessions.discard(session)
@@ -256,13 +255,6 @@ class Relay:
             if not self._per_address[client]:
                 del self._per_address[client]
             self._log_close(session, websocket, rooms)
-
-    async def _write(self, session: Session) -> None:
-        try:
-            await session.outbound.run()
-        except Exception as exc:
-            # The connection closed under the writer; the handler reports it.
-            logger.debug("writer stopped peer=%s: %r", session.name, exc)
 
     def _log_close(
         self, session: Session, websocket: BatchingConnection, rooms: int
@@ -351,6 +343,8 @@ def _close_of(websocket: BatchingConnection, stopping: bool) -> Close:
     sent, received = protocol.close_sent, protocol.close_rcvd
     if sent is not None and sent.code == 1009:
         return Close("too_big", 1009, "message too big")
+    if sent is not None and sent.code == 1011 and received is None:
+        return Close("keepalive", 1011, sent.reason)
     if stopping:
         return Close("going_away", 1001, "relay stopping")
     if received is not None:

@@ -27,16 +27,17 @@ from chat.envelope import (
     Leave,
     Presence,
     PresenceKind,
-    Result,
     Send,
     Status,
     Welcome,
     decode_client,
     encode,
     encode_deliver,
+    encode_result,
     mailbox_address,
+    split_send,
 )
-from server.backends.base import MailboxFull, Member, RoomFull, StorageUnavailable
+from server.backends.base import MailboxFull, RoomFull, StorageUnavailable
 from server.outbound import BatchingConnection, Outbound
 
 if TYPE_CHECKING:
@@ -72,13 +73,28 @@ def _short(room_id: bytes) -> str:
     return room_id[:4].hex()
 
 
-class Session(Member):
-    """The relay's state for one client connection.
+class Session:
+    """The relay's state for one client connection; a `Member` of its rooms.
 
     Args:
         relay: the relay serving this connection.
         websocket: the connection.
     """
+
+    __slots__ = (
+        "_refilled",
+        "_tokens",
+        "closing",
+        "joined_once",
+        "last_activity",
+        "opened",
+        "outbound",
+        "peer_id",
+        "pumps",
+        "relay",
+        "rooms",
+        "websocket",
+    )
 
     def __init__(self, relay: Relay, websocket: BatchingConnection) -> None:
         config = relay.config
@@ -95,10 +111,11 @@ class Session(Member):
         self._refilled = self.opened
         self.outbound = Outbound(
             websocket,
-            config.outbound_frames,
-            config.outbound_bytes,
+            max_frames=config.outbound_frames,
+            max_bytes=config.outbound_bytes,
             on_overflow=self._overflow,
             on_sent=self._sent,
+            spawn=relay.spawn,
         )
 
     @property
@@ -176,6 +193,14 @@ class Session(Member):
             self.close(CLOSE_TEXT)
             return
 
+        # SEND is most of the traffic: read its header without a dataclass.
+        fields = split_send(data)
+        if fields is not None:
+            started = time.perf_counter()
+            await self._send(*fields)
+            self.relay.stats.observe_latency(time.perf_counter() - started)
+            return
+
         try:
             message = decode_client(data)
         except EnvelopeError as exc:
@@ -197,9 +222,12 @@ class Session(Member):
 
     async def _dispatch(self, message: Join | Leave | Send | Ack) -> None:
         if isinstance(message, Send):
-            started = time.perf_counter()
-            await self._send(message)
-            self.relay.stats.observe_latency(time.perf_counter() - started)
+            # split_send reads every well-formed SEND; this branch only
+            # keeps the dispatch complete.
+            payload = memoryview(message.payload)
+            await self._send(
+                message.room_id, message.recipient, message.send_id, payload
+            )
         elif isinstance(message, Join):
             await self._join(message)
         elif isinstance(message, Leave):
@@ -238,7 +266,14 @@ class Session(Member):
         # Record the membership (valid recipient from now on), then hand
         # over what the mailbox kept.
         await self._remember(room_id, address)
-        self.pumps[room_id] = self.relay.spawn(self._pump(room_id, address))
+        pump = self.relay.spawn(self._pump(room_id, address))
+        self.pumps[room_id] = pump
+        pump.add_done_callback(lambda _: self._pump_done(room_id, pump))
+
+    def _pump_done(self, room_id: bytes, pump: asyncio.Task[None]) -> None:
+        # Forget a finished pump, unless a later JOIN already replaced it.
+        if self.pumps.get(room_id) is pump:
+            del self.pumps[room_id]
 
     async def _remember(self, room_id: bytes, address: bytes) -> None:
         try:
@@ -288,41 +323,43 @@ class Session(Member):
 
     # SEND and ACK.
 
-    async def _send(self, message: Send) -> None:
-        room_id = message.room_id
+    async def _send(
+        self, room_id: bytes, recipient: bytes, send_id: int, payload: memoryview
+    ) -> None:
         sender = self.rooms.get(room_id)
         if sender is None:
-            self._result(message.send_id, Status.NOT_A_MEMBER)
+            self._result(send_id, Status.NOT_A_MEMBER)
             return
-        if len(message.payload) > self.relay.config.max_payload:
-            self._result(message.send_id, Status.PAYLOAD_TOO_LARGE)
+        if len(payload) > self.relay.config.max_payload:
+            self._result(send_id, Status.PAYLOAD_TOO_LARGE)
             return
 
         # Live first: to the whole room, or to the recipient if present.
-        frame = encode_deliver(room_id, sender, 0, message.payload)
+        frame = encode_deliver(room_id, sender, 0, payload)
         fanout = self.relay.fanout
         try:
-            if message.recipient == BROADCAST:
+            if recipient == BROADCAST:
                 await fanout.send_room(room_id, sender, frame)
-                self._result(message.send_id, Status.DELIVERED)
+                self._result(send_id, Status.DELIVERED)
                 return
-            if await fanout.send_to(room_id, message.recipient, frame):
-                self._result(message.send_id, Status.DELIVERED)
+            if await fanout.send_to(room_id, recipient, frame):
+                self._result(send_id, Status.DELIVERED)
                 return
         except StorageUnavailable as exc:
             logger.warning("live delivery failed peer=%s: %s", self.name, exc)
-            self._result(message.send_id, Status.STORAGE_UNAVAILABLE)
+            self._result(send_id, Status.STORAGE_UNAVAILABLE)
             return
-        self._result(message.send_id, await self._store(message, sender))
+        self._result(send_id, await self._store(room_id, recipient, sender, payload))
 
-    async def _store(self, message: Send, sender: bytes) -> Status:
+    async def _store(
+        self, room_id: bytes, recipient: bytes, sender: bytes, payload: memoryview
+    ) -> Status:
         """Keep a frame for an absent recipient; the status for the sender."""
-        room_id, recipient = message.room_id, message.recipient
         mailbox = self.relay.mailbox
         try:
             if not await mailbox.is_member(room_id, recipient):
                 return Status.UNKNOWN_RECIPIENT
-            frame_id = await mailbox.store(room_id, recipient, sender, message.payload)
+            frame_id = await mailbox.store(room_id, recipient, sender, bytes(payload))
         except MailboxFull:
             return Status.MAILBOX_FULL
         except StorageUnavailable as exc:
@@ -332,7 +369,7 @@ class Session(Member):
         # The recipient may have joined while the frame was being committed,
         # after its mailbox was read: hand the stored frame over now. It may
         # then arrive twice; clients drop repeats by frame id.
-        frame = encode_deliver(room_id, sender, frame_id, message.payload)
+        frame = encode_deliver(room_id, sender, frame_id, payload)
         with contextlib.suppress(StorageUnavailable):
             await self.relay.fanout.send_to(room_id, recipient, frame)
         return Status.STORED
@@ -340,7 +377,7 @@ class Session(Member):
     def _result(self, send_id: int, status: Status) -> None:
         if status not in (Status.DELIVERED, Status.STORED):
             self.relay.stats.refusals[status.name.lower()] += 1
-        self.outbound.put(encode(Result(send_id, status)))
+        self.outbound.put(encode_result(send_id, status))
 
     async def _ack(self, message: Ack) -> None:
         address = self.rooms.get(message.room_id)

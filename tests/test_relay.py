@@ -5,6 +5,8 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
+import socket
+import ssl
 from pathlib import Path
 
 import pytest
@@ -193,11 +195,54 @@ async def test_absent_member_gets_stored_frames_on_return_and_ack_deletes(
         # Acknowledged frames are gone on the next return; the other stays.
         for frame in delivered[:2]:
             await back.send(encode(Ack(room_id, frame.frame_id)))
+
+        # A connection's messages are handled in order: once a later SEND is
+        # answered, the ACKs before it are committed.
+        await back.send_to(room_id, BROADCAST, b"sync", send_id=99)
+        assert (await back.result()).send_id == 99
         await back.close()
         third = await Client.open(relay.url)
         third.token, third.address = second.token, second.address
         await third.join(room_id)
         assert (await third.deliver()).payload == b"m2"
+
+
+async def test_mailbox_larger_than_the_outbound_queue_is_streamed(
+    tmp_path: Path,
+) -> None:
+    payload = b"q" * 8192
+    async with running_relay(tmp_path, outbound_bytes=32 * 1024) as relay:
+        room_id = room()
+        first, second = await pair(relay, room_id)
+        await second.close()
+        await first.expect(Presence)
+        for number in range(40):
+            await first.send_to(room_id, second.address, payload, number)
+            assert (await first.result()).status == Status.STORED
+
+        # The owner comes back on a connection with tiny socket buffers (set
+        # on the listening socket, which accepted sockets inherit) and reads
+        # nothing until the relay's queue for it has filled up.
+        assert relay._server is not None
+        for listener in relay._server.sockets:
+            listener.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 4096)
+        sock = socket.socket()
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+        host, port = relay.url.removeprefix("ws://").split(":")
+        sock.connect((host, int(port)))
+        back = await Client.open(relay.url, sock=sock, max_queue=1)
+        back.token, back.address = second.token, second.address
+        await back.join(room_id)
+        session = next(s for s in relay._sessions if back.address in s.rooms.values())
+        async with asyncio.timeout(10):
+            while session.outbound.queued_bytes < 16 * 1024:
+                await asyncio.sleep(0.01)  # polling a condition, with a deadline
+
+        # 320 KiB stored, 32 KiB of queue: all of it arrives, nothing dropped.
+        delivered = [await back.deliver() for _ in range(40)]
+        assert all(d.payload == payload for d in delivered)
+        assert len({d.frame_id for d in delivered}) == 40
+        assert relay.stats.drops["slow_consumer"] == 0
 
 
 async def test_ack_of_someone_elses_frame_deletes_nothing(tmp_path: Path) -> None:
@@ -210,6 +255,8 @@ async def test_ack_of_someone_elses_frame_deletes_nothing(tmp_path: Path) -> Non
         assert (await first.result()).status == Status.STORED
 
         await first.send(encode(Ack(room_id, 1)))
+        await first.send_to(room_id, BROADCAST, b"sync", send_id=99)
+        assert (await first.result()).send_id == 99
         back = await Client.open(relay.url)
         back.token, back.address = second.token, second.address
         await back.join(room_id)
@@ -296,6 +343,17 @@ async def test_connections_per_address_close_1013(tmp_path: Path) -> None:
         await kept[0].close()
 
 
+async def test_connections_in_all_close_1013(tmp_path: Path) -> None:
+    async with running_relay(tmp_path, max_connections=1) as relay:
+        kept = await Client.open(relay.url)
+        extra = await connect(relay.url, compression=None)
+        with pytest.raises(ConnectionClosed) as caught:
+            await asyncio.wait_for(extra.recv(), 10)
+        assert caught.value.rcvd is not None
+        assert caught.value.rcvd.code == 1013
+        await kept.close()
+
+
 async def test_rooms_per_connection_close_1008(tmp_path: Path) -> None:
     async with running_relay(tmp_path, max_rooms_per_connection=1) as relay:
         client = await Client.open(relay.url)
@@ -324,6 +382,31 @@ async def test_idle_connection_closes_4001(tmp_path: Path) -> None:
         client = await Client.open(relay.url)
         await client.join(room())
         assert await client.closed() == (4001, "idle timeout")
+
+
+async def test_unanswered_keepalive_pings_close_1011(tmp_path: Path) -> None:
+    async with running_relay(tmp_path, ping_interval=0.05, ping_timeout=0.05) as relay:
+        # A raw client that completes the handshake and never answers a ping.
+        host, port = relay.url.removeprefix("ws://").split(":")
+        reader, writer = await asyncio.open_connection(host, int(port))
+        writer.write(
+            b"GET / HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\n"
+            b"Connection: Upgrade\r\nSec-WebSocket-Key: AAAAAAAAAAAAAAAAAAAAAA==\r\n"
+            b"Sec-WebSocket-Version: 13\r\n\r\n"
+        )
+        await reader.readuntil(b"\r\n\r\n")
+        stream = await asyncio.wait_for(reader.read(), 10)
+        writer.close()
+
+    # Server frames are unmasked: walk them to the close frame.
+    codes = []
+    while len(stream) >= 2:
+        opcode, size = stream[0] & 0x0F, stream[1] & 0x7F
+        if opcode == 0x8:
+            codes.append(int.from_bytes(stream[2:4], "big"))
+        stream = stream[2 + size :]
+    assert codes == [1011]
+    assert relay.stats.closes["keepalive"] == 1
 
 
 async def test_text_message_closes_1003(tmp_path: Path) -> None:
@@ -416,3 +499,21 @@ async def test_metrics_report_traffic_and_closes(tmp_path: Path) -> None:
     )
     assert any(line.startswith("saltchat_relay_connections ") for line in lines)
     assert any(line.startswith("saltchat_relay_rooms ") for line in lines)
+
+
+async def test_tls_serves_wss(tmp_path: Path) -> None:
+    cert, key = tmp_path / "cert.pem", tmp_path / "key.pem"
+    made = await asyncio.create_subprocess_exec(
+        "openssl", "req", "-x509", "-newkey", "ec",
+        "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes",
+        "-keyout", str(key), "-out", str(cert), "-days", "1",
+        "-subj", "/CN=127.0.0.1", "-addext", "subjectAltName=IP:127.0.0.1",
+        stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.DEVNULL,
+    )  # fmt: skip
+    assert await made.wait() == 0
+    async with running_relay(tmp_path, tls_cert=str(cert), tls_key=str(key)) as relay:
+        assert relay.url.startswith("wss://127.0.0.1:")
+        context = ssl.create_default_context(cafile=str(cert))
+        client = await Client.open(relay.url, ssl=context)
+        await client.join(room())
+        await client.close()

@@ -11,6 +11,11 @@ implementations exist or are planned:
   with live fan-out through sharded pub/sub, presence kept by heartbeats with
   expiry, and the mailbox in Redis data structures.
 
+A backend module other than the embedded one (``server.backends.redis``)
+exposes one coroutine, ``open_backends(config: RelayConfig) -> tuple[Mailbox,
+Fanout]``, which the relay calls at start when ``--redis`` is given; the
+relay calls ``close()`` on both when it stops.
+
 Rules every implementation follows, so that the relay behaves the same on
 either:
 
