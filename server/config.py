@@ -18,7 +18,14 @@ from typing import Any
 
 from chat.envelope import DELIVER_HEADER_SIZE, JOINED_MAX_MEMBERS, MAX_MESSAGE_SIZE
 
-__all__ = ["ENV_PREFIX", "PRESENCE_BEATS", "ConfigError", "RelayConfig", "build_parser", "load_config"]
+__all__ = [
+    "ENV_PREFIX",
+    "PRESENCE_BEATS",
+    "ConfigError",
+    "RelayConfig",
+    "build_parser",
+    "load_config",
+]
 
 ENV_PREFIX = "SALTCHAT_RELAY_"
 

@@ -183,7 +183,17 @@ class Nginx:
         )
         self.log = (directory / "nginx.log").open("wb")
         self.process = subprocess.Popen(
-            [binary, "-p", str(directory), "-c", str(self.config)],
+            [
+                binary,
+                "-p",
+                str(directory),
+                "-e",
+                "stderr",
+                "-c",
+                str(self.config),
+                "-g",
+                "daemon off;",
+            ],
             stdout=self.log,
             stderr=subprocess.STDOUT,
         )
@@ -196,7 +206,9 @@ class Nginx:
         """Wait until nginx accepts connections on its port."""
 
         def accepts() -> bool:
-            assert self.process.poll() is None, (self.directory / "nginx.log").read_text()
+            assert self.process.poll() is None, (
+                self.directory / "nginx.log"
+            ).read_text()
             try:
                 socket.create_connection(("127.0.0.1", self.port), timeout=1).close()
             except OSError:
@@ -230,7 +242,9 @@ def template_nginx(text: str, port: int, relays: list[str], directory: Path) -> 
     assert count == len(relays), "deploy/nginx.conf must list one server per relay"
     text, count = re.subn(r"listen 8080;", f"listen 127.0.0.1:{port};", text)
     assert count == 1, "deploy/nginx.conf must listen on 8080"
-    text, count = re.subn(r"pid [^;]+;", f"pid {directory}/nginx.pid;", text)
+    text, count = re.subn(
+        r"^pid [^;]+;", f"pid {directory}/nginx.pid;", text, flags=re.MULTILINE
+    )
     assert count == 1, "deploy/nginx.conf must name its pid file"
     text = re.sub(r"^user [^;]+;\n", "", text, flags=re.MULTILINE)
     temp = "".join(
@@ -295,11 +309,10 @@ class Peer:
             self.presence.append((message.kind, message.address))
         elif isinstance(message, Deliver) and message.frame_id == 0:
             self.live.append(message.payload)
-        elif isinstance(message, Deliver):
-            if message.frame_id not in self.stored:
-                self.stored[message.frame_id] = message.payload
-                await self.client.send(encode(Ack(self.room_id, message.frame_id)))
-                self.acks[message.frame_id] += 1
+        elif isinstance(message, Deliver) and message.frame_id not in self.stored:
+            self.stored[message.frame_id] = message.payload
+            await self.client.send(encode(Ack(self.room_id, message.frame_id)))
+            self.acks[message.frame_id] += 1
 
     async def send(self, recipient: bytes, payload: bytes, send_id: int = 1) -> Status:
         """SEND and return the status of its RESULT."""

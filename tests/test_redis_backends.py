@@ -99,9 +99,7 @@ async def test_ack_of_any_64_bit_id_is_harmless(mailbox: RedisMailbox) -> None:
     assert len(await mailbox.fetch(ROOM, BOB, 0, 10)) == 1
 
 
-async def test_frame_ids_are_never_reused(
-    mailbox: RedisMailbox, clock: Clock
-) -> None:
+async def test_frame_ids_are_never_reused(mailbox: RedisMailbox, clock: Clock) -> None:
     frame_id = await mailbox.store(ROOM, BOB, ALICE, b"x")
     await mailbox.ack(ROOM, BOB, frame_id)
     assert await mailbox.store(ROOM, BOB, ALICE, b"y") > frame_id

@@ -12,9 +12,9 @@ implementations exist or are planned:
   expiry, and the mailbox in Redis data structures.
 
 A backend module other than the embedded one (``server.backends.redis``)
-exposes one coroutine, ``open_backends(config: RelayConfig) -> tuple[Mailbox,
-Fanout]``, which the relay calls at start when ``--redis`` is given; the
-relay calls ``close()`` on both when it stops.
+exposes one coroutine, ``open_backends(config: RelayConfig, clock) ->
+tuple[Mailbox, Fanout]``, which the relay calls at start when ``--redis`` is
+given; the relay calls ``close()`` on both when it stops.
 
 Rules every implementation follows, so that the relay behaves the same on
 either:
