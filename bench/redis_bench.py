@@ -73,7 +73,7 @@ DELIVER_HEADER = 74
 class RedisServerProcess:
     """A redis-server for the benchmark, with the compose file's persistence."""
 
-    def __init__(self, workdir: Path) -> None:
+    def __init__(self, workdir: Path, fsync: str) -> None:
         binary = shutil.which("redis-server") or "/usr/bin/redis-server"
         self.port = _free_port()
         self.process = subprocess.Popen(
@@ -88,7 +88,7 @@ class RedisServerProcess:
                 "--appendonly",
                 "yes",
                 "--appendfsync",
-                "always",
+                fsync,
                 "--save",
                 "",
             ],
@@ -275,13 +275,19 @@ def main() -> int:
     parser.add_argument("--seconds", type=float, default=3.0)
     parser.add_argument("--rounds", type=int, default=2)
     parser.add_argument("--latency-count", type=int, default=2000)
+    parser.add_argument(
+        "--fsync",
+        default="always",
+        choices=["always", "everysec"],
+        help="Redis appendfsync (always: as docker-compose.yml)",
+    )
     args = parser.parse_args()
     if args.quick:
         args.seconds, args.rounds, args.latency_count = 0.5, 1, 200
 
     with tempfile.TemporaryDirectory() as name:
         workdir = Path(name)
-        redis = RedisServerProcess(workdir)
+        redis = RedisServerProcess(workdir, args.fsync)
         embedded = Relay(workdir, "embedded")
         first = Relay(workdir, "redis-1", redis.url)
         second = Relay(workdir, "redis-2", redis.url)

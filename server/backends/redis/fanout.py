@@ -379,7 +379,7 @@ class RedisFanout(Fanout):
         # Published even if the view lacks the recipient: it may be joining
         # on another relay right now, after its mailbox was read.
         message = b"T" + self._relay_id + recipient + frame
-        await self._link.call(self._link.client.spublish(room.keys.channel, message))
+        await self._link.batched("SPUBLISH", room.keys.channel, message)
         return recipient in room.present
 
     async def send_room(self, room_id: bytes, sender: bytes, frame: bytes) -> int:
@@ -389,9 +389,7 @@ class RedisFanout(Fanout):
             return 0
         if len(room.present) > len(room.local):
             message = b"A" + self._relay_id + sender + frame
-            await self._link.call(
-                self._link.client.spublish(room.keys.channel, message)
-            )
+            await self._link.batched("SPUBLISH", room.keys.channel, message)
         return self._deliver_local(room, sender, frame)
 
     @staticmethod

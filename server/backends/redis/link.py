@@ -25,8 +25,9 @@ braces, so that every key and channel of one room hashes to one slot)::
 
 from __future__ import annotations
 
+import asyncio
 import logging
-from collections.abc import Awaitable
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, TypeVar
 from urllib.parse import urlsplit
@@ -34,7 +35,8 @@ from urllib.parse import urlsplit
 import redis.asyncio as aioredis
 from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
-from redis.exceptions import RedisError
+from redis.commands.core import AsyncScript
+from redis.exceptions import NoScriptError, RedisError
 
 from server.backends.base import StorageUnavailable
 
@@ -43,6 +45,21 @@ __all__ = ["RedisLink", "RoomKeys", "redacted"]
 logger = logging.getLogger("server.relay")
 
 T = TypeVar("T")
+
+BATCH_COMMANDS = 256
+"""Most commands sent to Redis in one pipeline by `RedisLink.batched`."""
+
+PIPELINES = 4
+"""Most pipelines `RedisLink.batched` has in flight at once."""
+
+
+@dataclass(slots=True)
+class _Queued:
+    """A command waiting for the next pipeline, and who waits for it."""
+
+    command: tuple[Any, ...]
+    future: asyncio.Future[Any]
+    retry: Callable[[], Awaitable[Any]] | None
 
 
 def redacted(url: str) -> str:
@@ -82,6 +99,8 @@ class RedisLink:
         self.index = self._prefix + b":mailboxes"
         self.depth = self._prefix + b":depth"
         self._closed = False
+        self._queue: list[_Queued] = []
+        self._flushers: set[asyncio.Task[None]] = set()
 
     @classmethod
     def open(
@@ -122,6 +141,86 @@ class RedisLink:
             raise StorageUnavailable(
                 f"Redis failed: {exc or type(exc).__name__}"
             ) from exc
+
+    async def batched(
+        self, *command: Any, retry: Callable[[], Awaitable[Any]] | None = None
+    ) -> Any:
+        """Run one command in a pipeline with those issued meanwhile.
+
+        The forwarding path sends one or two commands per frame; each alone
+        costs a system call and a wake-up on both sides. Commands issued
+        while `PIPELINES` pipelines are in flight go together in the next
+        one, so under load many frames share one round trip, as in
+        server.outbound.
+
+        Args:
+            command: the command and its arguments.
+            retry: run instead if Redis answers NOSCRIPT (it restarted and
+                forgot a script); it loads the script and runs it.
+
+        Raises:
+            StorageUnavailable: the command or the pipeline failed.
+        """
+        loop = asyncio.get_running_loop()
+        future = loop.create_future()
+        self._queue.append(_Queued(command, future, retry))
+        if len(self._flushers) < PIPELINES:
+            flusher = loop.create_task(self._flush())
+            self._flushers.add(flusher)
+            flusher.add_done_callback(self._flushers.discard)
+        return await self.call(future)
+
+    async def run_script(
+        self, script: AsyncScript, keys: Sequence[bytes], args: Sequence[Any]
+    ) -> Any:
+        """Run a registered script through `batched` (EVALSHA)."""
+        return await self.batched(
+            "EVALSHA",
+            script.sha,
+            len(keys),
+            *keys,
+            *args,
+            retry=lambda: script(keys=list(keys), args=list(args)),
+        )
+
+    async def _flush(self) -> None:
+        """Send queued commands, one pipeline at a time, until none is left."""
+        while self._queue:
+            batch = self._queue[:BATCH_COMMANDS]
+            del self._queue[:BATCH_COMMANDS]
+            pipeline = self.client.pipeline(transaction=False)
+            for item in batch:
+                pipeline.execute_command(*item.command)
+            try:
+                results = await pipeline.execute(raise_on_error=False)
+            except (RedisError, OSError) as exc:
+                for item in batch:
+                    _settle(item.future, exc)
+                continue
+            except BaseException as exc:
+                for item in batch:
+                    _settle(
+                        item.future, StorageUnavailable(f"pipeline stopped: {exc!r}")
+                    )
+                raise
+            for item, result in zip(batch, results, strict=True):
+                if isinstance(result, NoScriptError) and item.retry is not None:
+                    self._retry(item)
+                else:
+                    _settle(item.future, result)
+
+    def _retry(self, item: _Queued) -> None:
+        """Run a script Redis forgot on its own (it is loaded again)."""
+        assert item.retry is not None
+        retry = item.retry
+
+        async def again() -> None:
+            try:
+                _settle(item.future, await retry())
+            except (RedisError, OSError) as exc:
+                _settle(item.future, exc)
+
+        asyncio.get_running_loop().create_task(again())
 
     async def ping(self) -> None:
         """Check that Redis answers.
@@ -175,3 +274,13 @@ class RedisLink:
     def script(self, source: str) -> Any:
         """Register a Lua script (sent with EVALSHA, re-loaded if Redis forgot it)."""
         return self.client.register_script(source)
+
+
+def _settle(future: asyncio.Future[Any], outcome: object) -> None:
+    """Resolve `future` with a result or an exception, unless it is done."""
+    if future.done():
+        return
+    if isinstance(outcome, BaseException):
+        future.set_exception(outcome)
+    else:
+        future.set_result(outcome)

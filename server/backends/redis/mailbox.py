@@ -21,6 +21,7 @@ index of each mailbox's oldest frame.
 
 from __future__ import annotations
 
+import asyncio
 import time
 from collections.abc import Callable, Sequence
 from typing import cast
@@ -37,6 +38,12 @@ __all__ = ["SEQ_BITS", "RedisMailbox", "frame_id_of", "stream_id_of"]
 
 SEQ_BITS = 20
 """Low bits of a frame id holding the stream id's sequence number."""
+
+MEMBER_CACHE = 100_000
+"""Most positive `is_member` answers a relay keeps in memory."""
+
+MEMBER_CACHE_SECONDS = 60.0
+"""Longest a positive `is_member` answer is reused without asking Redis."""
 
 PURGE_BATCH = 100
 """Mailboxes trimmed per script call by `purge_expired`."""
@@ -179,6 +186,7 @@ class RedisMailbox(Mailbox):
         self._max_frames = max_frames
         self._max_bytes = max_bytes
         self._clock = clock
+        self._members: dict[tuple[bytes, bytes], float] = {}
         self._store = link.script(_STORE)
         self._ack = link.script(_ACK)
         self._purge = link.script(_PURGE)
@@ -207,31 +215,43 @@ class RedisMailbox(Mailbox):
         record exists; presence (written before the JOIN is answered) closes
         that window.
         """
-        pipeline = self._link.client.pipeline(transaction=False)
-        pipeline.get(self._link.member(room_id, address))
-        pipeline.zscore(self._link.room(room_id).present, address)
-        seen, present = await self._link.call(pipeline.execute())
-        if present is not None:
+        # A membership lasts `ttl` after it was last seen and only grows
+        # while the member returns: a yes is reused for a short while, which
+        # spares a round trip for every stored frame.
+        now = self._clock()
+        if self._members.get((room_id, address), 0.0) > now:
             return True
-        return seen is not None and float(seen) > self._clock() - self._ttl
+        seen, present = await asyncio.gather(
+            self._link.batched("GET", self._link.member(room_id, address)),
+            self._link.batched("ZSCORE", self._link.room(room_id).present, address),
+        )
+        if present is not None:
+            expires = now + self._ttl
+        elif seen is not None and float(seen) > now - self._ttl:
+            expires = float(seen) + self._ttl
+        else:
+            return False
+        if len(self._members) >= MEMBER_CACHE:
+            self._members.clear()
+        self._members[(room_id, address)] = min(expires, now + MEMBER_CACHE_SECONDS)
+        return True
 
     async def store(
         self, room_id: bytes, recipient: bytes, sender: bytes, payload: bytes
     ) -> int:
         """See `Mailbox.store`."""
         now_ms = int(self._clock() * 1000)
-        reply = await self._link.call(
-            self._store(
-                keys=self._keys(room_id, recipient),
-                args=[
-                    f"{self._cutoff_ms()}-18446744073709551615",
-                    now_ms,
-                    self._max_frames,
-                    self._max_bytes,
-                    sender,
-                    payload,
-                ],
-            )
+        reply = await self._link.run_script(
+            self._store,
+            self._keys(room_id, recipient),
+            [
+                f"{self._cutoff_ms()}-18446744073709551615",
+                now_ms,
+                self._max_frames,
+                self._max_bytes,
+                sender,
+                payload,
+            ],
         )
         if reply == 0:
             raise MailboxFull(
@@ -263,8 +283,8 @@ class RedisMailbox(Mailbox):
         """See `Mailbox.ack`: the key names the owner's mailbox only."""
         if frame_id >> SEQ_BITS >= 1 << 44:
             return False
-        deleted = await self._link.call(
-            self._ack(keys=self._keys(room_id, address), args=[stream_id_of(frame_id)])
+        deleted = await self._link.run_script(
+            self._ack, self._keys(room_id, address), [stream_id_of(frame_id)]
         )
         return bool(deleted)
 
