@@ -152,6 +152,9 @@ class Relay:
         """
         config = self.config
         self._mailbox, self._fanout = await open_backends(config, self._clock)
+        backend_metrics = getattr(self._fanout, "collector", None)
+        if backend_metrics is not None:
+            self.registry.register(backend_metrics)
         self._server = await serve(
             self._handle,
             config.host,

@@ -204,6 +204,7 @@ async def _outage_and_recovery(relay: RelayProcess, server: RedisServer) -> None
     await alice.wait(lambda: len(alice.presence) == 2, "bob to come and go")
     assert await alice.send(bob.address, b"before", 1) == Status.STORED
     assert http_get(relay.url, "/healthz")[0] == 200
+    assert "saltchat_relay_redis_connected 1.0" in http_get(relay.url, "/metrics")[1]
 
     # Redis goes away: unhealthy, and senders are refused, never dropped.
     server.stop()
@@ -213,6 +214,9 @@ async def _outage_and_recovery(relay: RelayProcess, server: RedisServer) -> None
     # Redis comes back: the relay reconnects by itself.
     server.start()
     wait_until(lambda: http_get(relay.url, "/healthz")[0] == 200, "/healthz 200")
+    metrics = http_get(relay.url, "/metrics")[1]
+    found = re.search(r"^saltchat_relay_redis_reconnects_total (\S+)$", metrics, re.M)
+    assert found is not None and float(found.group(1)) >= 1
     assert await alice.send(bob.address, b"after", 3) == Status.STORED
     back = await Peer.join(relay.url, room_id, token)
     await back.wait(lambda: back.payloads() == [b"before", b"after"], "stored frames")

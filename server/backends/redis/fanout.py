@@ -33,10 +33,13 @@ import logging
 import os
 import random
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
+from prometheus_client.metrics_core import Metric
+from prometheus_client.registry import Collector
 from redis.asyncio.client import PubSub
 from redis.exceptions import RedisError
 
@@ -154,6 +157,11 @@ class RedisFanout(Fanout):
             loop.create_task(self._supervise()),
             loop.create_task(self._heartbeat()),
         ]
+
+    @property
+    def collector(self) -> Collector:
+        """Metrics of the link to Redis, registered by the relay."""
+        return _RedisCollector(self)
 
     @property
     def connected(self) -> bool:
@@ -618,3 +626,23 @@ class RedisFanout(Fanout):
             if local is not None and local.instance == sent.get(address):
                 self._displace(room, address)
         self._apply_snapshot(room, int(version), members)
+
+
+class _RedisCollector(Collector):
+    """``saltchat_relay_redis_*`` metrics of one fan-out."""
+
+    def __init__(self, fanout: RedisFanout) -> None:
+        self._fanout = fanout
+
+    def collect(self) -> Iterator[Metric]:
+        """Yield the metrics; called on each scrape."""
+        yield GaugeMetricFamily(
+            "saltchat_relay_redis_connected",
+            "1 while the pub/sub connection to Redis listens, else 0",
+            value=int(self._fanout.connected),
+        )
+        yield CounterMetricFamily(
+            "saltchat_relay_redis_reconnects",
+            "Times the pub/sub connection to Redis was lost",
+            value=self._fanout.reconnects,
+        )
