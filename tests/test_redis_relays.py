@@ -15,6 +15,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
+from redis.asyncio import Redis
 
 from chat.envelope import BROADCAST, Join, PresenceKind, Status, encode
 from tests.redis_helpers import (
@@ -255,3 +256,31 @@ async def test_join_while_redis_is_down_is_refused_with_1011(
     await client.send(encode(Join(os.urandom(32), client.token)))
     code, reason = await asyncio.wait_for(client.closed(), DEADLINE)
     assert (code, reason) == (1011, "relay storage unavailable; try later")
+
+
+async def test_notices_lost_while_a_relay_reconnects_are_made_good(
+    start_relay: Start, redis_server: RedisServer
+) -> None:
+    first, second = start_relay(), start_relay()
+    room_id = os.urandom(32)
+    alice = await Peer.join(first.url, room_id)
+    bob = await Peer.join(second.url, room_id)
+    await alice.wait(lambda: len(alice.presence) == 1, "bob joined")
+
+    # Bob's relay is frozen while Redis drops every pub/sub connection: the
+    # notices of frames stored meanwhile reach nobody.
+    second.process.send_signal(signal.SIGSTOP)
+    try:
+        client = Redis.from_url(redis_server.url)
+        await client.execute_command("CLIENT", "KILL", "TYPE", "pubsub")
+        await client.aclose()
+        for number in range(3):
+            status = await alice.send(bob.address, b"%d" % number, number)
+            assert status == Status.STORED
+    finally:
+        second.process.send_signal(signal.SIGCONT)
+
+    # Reconnected, the relay reads the mailbox again: no JOIN is needed.
+    await bob.wait(lambda: bob.payloads() == [b"0", b"1", b"2"], "the frames")
+    await alice.close()
+    await bob.close()
