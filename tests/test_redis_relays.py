@@ -267,6 +267,10 @@ async def test_notices_lost_while_a_relay_reconnects_are_made_good(
     bob = await Peer.join(second.url, room_id)
     await alice.wait(lambda: len(alice.presence) == 1, "bob joined")
 
+    # Bob's relay reads his mailbox right after his JOIN; a SEND it answers
+    # later (several Redis round trips) comes after that read.
+    assert await bob.send(alice.address, b"ready", 9) == Status.STORED
+
     # Bob's relay is frozen while Redis drops every pub/sub connection: the
     # notices of frames stored meanwhile reach nobody.
     second.process.send_signal(signal.SIGSTOP)
