@@ -276,7 +276,7 @@ async def test_notices_lost_while_a_relay_reconnects_are_made_good(
     second.process.send_signal(signal.SIGSTOP)
     try:
         client = Redis.from_url(redis_server.url)
-        await client.execute_command("CLIENT", "KILL", "TYPE", "pubsub")
+        assert await client.client_kill_filter(_type="pubsub") >= 1
         await client.aclose()
         for number in range(3):
             status = await alice.send(bob.address, b"%d" % number, number)
