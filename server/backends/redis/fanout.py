@@ -643,6 +643,6 @@ class _RedisCollector(Collector):
         )
         yield CounterMetricFamily(
             "saltchat_relay_redis_reconnects",
-            "Times the pub/sub connection to Redis was lost",
+            "Attempts to open the pub/sub connection to Redis again",
             value=self._fanout.reconnects,
         )
