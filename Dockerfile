@@ -5,7 +5,7 @@ WORKDIR /app
 COPY pyproject.toml README.md ./
 COPY chat ./chat
 COPY server ./server
-RUN pip install --no-cache-dir . \
+RUN pip install --no-cache-dir ".[redis]" \
     && useradd --system --home-dir /data relay \
     && mkdir -p /data \
     && chown relay /data

@@ -18,11 +18,21 @@ from typing import Any
 
 from chat.envelope import DELIVER_HEADER_SIZE, JOINED_MAX_MEMBERS, MAX_MESSAGE_SIZE
 
-__all__ = ["ENV_PREFIX", "ConfigError", "RelayConfig", "build_parser", "load_config"]
+__all__ = [
+    "ENV_PREFIX",
+    "PRESENCE_BEATS",
+    "ConfigError",
+    "RelayConfig",
+    "build_parser",
+    "load_config",
+]
 
 ENV_PREFIX = "SALTCHAT_RELAY_"
 
 DAY = 24 * 3600
+
+PRESENCE_BEATS = 3
+"""Presence heartbeats per ``--presence-ttl``: a member outlives two missed beats."""
 
 
 class ConfigError(ValueError):
@@ -140,6 +150,24 @@ class RelayConfig:
         600.0, "seconds between removals of expired frames", low=0.01
     )
 
+    # Scale-out through Redis (used only with --redis; see docs/relay.md).
+    redis_prefix: str = _setting("saltchat", "prefix of every Redis key and channel")
+    redis_timeout: float = _setting(
+        2.0, "seconds a Redis command may take before it counts as failed", low=0.05
+    )
+    redis_connections: int = _setting(
+        32, "most connections to Redis from one relay", low=2
+    )
+    redis_backoff: float = _setting(
+        5.0, "most seconds between attempts to reconnect to Redis", low=0.05
+    )
+    presence_ttl: float = _setting(
+        15.0,
+        "seconds a member stays present after its relay's last heartbeat"
+        " (a relay beats PRESENCE_BEATS times per ttl)",
+        low=0.1,
+    )
+
     # Stopping.
     shutdown_timeout: float = _setting(
         10.0, "seconds to close connections on SIGTERM before exiting", low=0.01
@@ -174,6 +202,11 @@ class RelayConfig:
         if (self.tls_cert is None) != (self.tls_key is None):
             raise ConfigError("--tls-cert and --tls-key go together")
         return self
+
+    @property
+    def presence_interval(self) -> float:
+        """Seconds between presence heartbeats (with ``--redis``)."""
+        return self.presence_ttl / PRESENCE_BEATS
 
     @property
     def mailbox_path(self) -> Path:

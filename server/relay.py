@@ -55,7 +55,7 @@ async def open_backends(
     """Open the storage the configuration asks for.
 
     With ``--redis`` the backends come from ``server.backends.redis``, whose
-    ``open_backends(config)`` coroutine returns ``(mailbox, fanout)``;
+    ``open_backends(config, clock)`` coroutine returns ``(mailbox, fanout)``;
     otherwise the embedded SQLite mailbox and in-process fan-out.
 
     Raises:
@@ -73,7 +73,7 @@ async def open_backends(
                 " with the 'redis' package) is not installed; install"
                 " saltchat[redis] or run without --redis to use SQLite"
             ) from exc
-        backends: tuple[Mailbox, Fanout] = await module.open_backends(config)
+        backends: tuple[Mailbox, Fanout] = await module.open_backends(config, clock)
         return backends
 
     mailbox = SqliteMailbox(
@@ -159,6 +159,9 @@ class Relay:
         """
         config = self.config
         self._mailbox, self._fanout = await open_backends(config, self._clock)
+        backend_metrics = getattr(self._fanout, "collector", None)
+        if backend_metrics is not None:
+            self.registry.register(backend_metrics)
         self._server = await serve(
             self._handle,
             config.host,

@@ -131,15 +131,19 @@ def test_compose_command_serves_and_passes_its_healthcheck(
     assert command[0] == "saltchat-relay"
 
     # Same flags as the compose service; only the port (free one) and the
-    # data directory (the volume) differ on a test machine.
+    # data directory (the volume) differ on a test machine. Without the
+    # compose file's Redis it runs embedded (tests/test_redis_topology.py
+    # runs it with Redis).
     argv = command[1:]
     argv[argv.index("--port") + 1] = "0"
     argv[argv.index("--data-dir") + 1] = str(tmp_path / "data")
+    env = compose_environment(COMPOSE)
+    env.pop("SALTCHAT_RELAY_REDIS", None)
     relay = start(
         processes,
         tmp_path,
         *argv,
-        env=compose_environment(COMPOSE),
+        env=env,
         command=[sys.executable, "-m", "server"],
     )
     port = relay.url.rsplit(":", 1)[1]

@@ -12,9 +12,9 @@ implementations exist or are planned:
   expiry, and the mailbox in Redis data structures.
 
 A backend module other than the embedded one (``server.backends.redis``)
-exposes one coroutine, ``open_backends(config: RelayConfig) -> tuple[Mailbox,
-Fanout]``, which the relay calls at start when ``--redis`` is given; the
-relay calls ``close()`` on both when it stops. The bounds of the mailbox
+exposes one coroutine, ``open_backends(config: RelayConfig, clock) ->
+tuple[Mailbox, Fanout]``, which the relay calls at start when ``--redis`` is
+given; the relay calls ``close()`` on both when it stops. The bounds of the mailbox
 (see `Mailbox`) come from that configuration: ``mailbox_ttl``,
 ``membership_probation``, ``mailbox_max_frames``, ``mailbox_max_bytes``,
 ``mailbox_sender_frames``, ``mailbox_sender_bytes``, ``store_max_frames`` and
