@@ -10,8 +10,10 @@ section 5), and it owns everything a session does not:
 - nicknames, exchanged inside the channel as a PROFILE payload (protocol.md
   section 7.4) once per session and never trusted for identity: the
   identity is the key proven in the handshake;
-- trust on first use (chat.trust): a peer whose key changed is held, its
-  frames left unprocessed and unacknowledged, until the user runs /trust;
+- trust on first use (chat.trust): the key pinned to a peer's address (or,
+  in an invite room, the inviter's fingerprint) is required in the
+  handshake, before CONFIRM; a peer whose pinned nickname shows a new key is
+  held, its frames left unprocessed and unacknowledged, until /trust;
 - an outbox with end-to-end receipts: a message leaves the outbox when every
   recipient's client has sent a receipt from inside the channel; resends
   carry the same message id, and the receiver shows an id once;
@@ -38,7 +40,7 @@ from typing import Any
 import nacl.utils
 
 from chat.core import frame_kind
-from chat.core.errors import PeerError, SaltchatError
+from chat.core.errors import KeyChanged, PeerError, SaltchatError
 from chat.core.identity import Identity, PublicIdentity, fingerprint_matches
 from chat.core.rooms import RoomKeys
 from chat.core.session import (
@@ -211,6 +213,8 @@ class _Peer:
     failures: int = 0
     named_in: int = -1  # generation in which the peer's nickname arrived
     warned: Session | None = None  # session whose failed handshake was reported
+    refused: PublicIdentity | None = None  # key the pin check refused, until /trust
+    accepted: PublicIdentity | None = None  # key the user accepted with /trust
     held: deque[tuple[bytes, int]] = field(default_factory=deque)
     early: deque[tuple[bytes, str]] = field(default_factory=deque)
 
@@ -250,7 +254,9 @@ class ChatClient:
             connect: opens a link (relay or direct), raising LinkError.
             emit: receives every ClientEvent, in order.
             expected_fingerprint: the inviter's fingerprint from an invite
-                code; a peer proving that identity is marked verified.
+                code: the handshake of every peer whose address has no pinned
+                key must prove it (else it is refused before CONFIRM), and
+                the peer proving it is marked verified.
             observer: receives the core's TeachingEvents (--show-handshake).
             clock: monotonic time source handed to the core as `now`.
             backoff: factory of reconnect delay iterators.
@@ -561,16 +567,33 @@ class ChatClient:
         return peer
 
     def _new_session(self, peer: _Peer) -> Session:
+        expected_peer, expected_fingerprint = self._expectation(peer)
         peer.session = Session(
             self._identity,
             self._room,
             now=self._clock(),
             observer=self._observer,
+            expected_peer=expected_peer,
+            expected_fingerprint=expected_fingerprint,
             side=self.nick,
         )
         peer.started_at = self._clock()
         peer.ready = False
         return peer.session
+
+    def _expectation(self, peer: _Peer) -> tuple[PublicIdentity | None, str | None]:
+        """Who this peer must prove to be, checked before CONFIRM (5.2 step 4).
+
+        The key the user accepted with /trust, else the key pinned to the
+        peer's address, else (in a room joined with an invite code, for a
+        peer not met before) the inviter's fingerprint.
+        """
+        if peer.accepted is not None:
+            return peer.accepted, None
+        pinned = self._trust.pinned_at(self._slot(peer))
+        if pinned is not None:
+            return PublicIdentity(pinned), None
+        return None, self._expected
 
     def _start_handshake(self, peer: _Peer) -> None:
         self._new_session(peer).start()
@@ -588,7 +611,7 @@ class ChatClient:
         # A peer whose identity changed is held: its frames are kept
         # unprocessed and unacknowledged until /trust (or dropped past the
         # bound; stored ones stay in the relay's mailbox).
-        if peer.trust == TrustState.CHANGED:
+        if peer.trust == TrustState.CHANGED and peer.refused is None:
             if len(peer.held) < HELD_FRAMES_PER_PEER:
                 peer.held.append((payload, frame_id))
             return
@@ -646,6 +669,14 @@ class ChatClient:
         session = peer.session
         try:
             events = step() or []
+        except KeyChanged as exc:
+            self._refuse(peer, exc)
+            if peer.session is session:
+                peer.session = None
+                peer.ready = False
+                peer.failures += 1
+                peer.failed_at = self._clock()
+            return
         except PeerError as exc:
             if auth_stored is not None and exc.kind in _AUTH_FAILURES:
                 self._handshake_failed(peer, session, exc, stored=auth_stored)
@@ -710,6 +741,46 @@ class ChatClient:
                         "same invite code, and compare safety numbers with "
                         "/verify."
                     ),
+                },
+            )
+        )
+
+    def _refuse(self, peer: _Peer, exc: KeyChanged) -> None:
+        """Tell the user that a peer proved an identity other than expected.
+
+        The core refused it before sending CONFIRM (protocol.md section 5.2,
+        step 4): no session exists, and nothing but the handshake went to
+        it. The peer stays `changed` until /trust accepts the key.
+        """
+        peer.trust = TrustState.CHANGED
+        peer.ready = False
+        if peer.refused == exc.peer:
+            logger.info("%s proved the refused identity again", peer.label)
+            return
+        peer.refused = exc.peer
+        name = self._name(peer)
+        pinned = self._trust.pinned_at(self._slot(peer))
+        if pinned is None and peer.accepted is None:
+            what = (
+                f"{name} is not the person who invited you: the invite code "
+                f"names fingerprint {self._expected}"
+            )
+        else:
+            what = f"the identity key pinned for {name}'s address changed"
+        self._emit(
+            ClientEvent(
+                "alert",
+                {
+                    "kind": "identity-changed",
+                    "peer": name,
+                    "detail": (
+                        f"{what}; this peer proved fingerprint "
+                        f"{exc.peer.fingerprint()}. No secure session was made "
+                        "and none of your messages went to it. Compare that "
+                        "fingerprint with its owner out of band before you "
+                        f"accept the new key with /trust {name}"
+                    ),
+                    "fingerprint": exc.peer.fingerprint(),
                 },
             )
         )
@@ -844,6 +915,7 @@ class ChatClient:
             state = TrustState.VERIFIED
         peer.trust = state
         peer.ready = True
+        peer.refused = None
         self._emit(
             ClientEvent(
                 "secure",
@@ -1051,6 +1123,9 @@ class ChatClient:
             CommandError: unknown peer, or its key has not changed.
         """
         peer = self._find(name)
+        if peer.refused is not None:
+            self._accept_refused(peer, peer.refused)
+            return
         if peer.trust != TrustState.CHANGED or peer.identity is None:
             raise CommandError(f"{name}'s key has not changed; nothing to accept")
         self._trust.accept(peer.identity.key, peer.nick or peer.label, self._slot(peer))
@@ -1062,6 +1137,22 @@ class ChatClient:
             self._process(peer, payload, frame_id)
             self._ack(frame_id)
         self._pump()
+        self._dirty.set()
+
+    def _accept_refused(self, peer: _Peer, key: PublicIdentity) -> None:
+        # The new key takes the old one's place: its address, and the name
+        # the old key was pinned with, so that its PROFILE is not a second
+        # change. Then a fresh handshake, expecting the new key.
+        slot = self._slot(peer)
+        pinned = self._trust.pinned_at(slot)
+        name = None if pinned is None else self._trust.name_of(pinned)
+        self._trust.accept(key.key, name or None, slot)
+        peer.accepted = key
+        peer.refused = None
+        peer.trust = None
+        peer.failures = 0
+        if self._link is not None and peer.present:
+            self._start_handshake(peer)
         self._dirty.set()
 
     def keys(self) -> dict[str, Any]:

@@ -60,6 +60,13 @@ class TrustDecision:
     pinned_by: str | None = None
 
 
+def _check_key(value: Any) -> str:
+    """A pinned key as stored: 64 hex digits (raises ValueError otherwise)."""
+    if not isinstance(value, str) or len(bytes.fromhex(value)) != 32:
+        raise ValueError(f"{value!r} is not an identity key")
+    return value
+
+
 class TrustStore:
     """Pinned identity keys, with nickname and address pins to them."""
 
@@ -100,14 +107,16 @@ class TrustStore:
             if data.get("version") != _VERSION:
                 raise TrustStoreError("unsupported trust store version")
             for key, record in data["identities"].items():
-                bytes.fromhex(key)
+                _check_key(key)
                 self._identities[key] = {
                     "verified": bool(record["verified"]),
                     "name": str(record["name"]),
                     "first_seen": float(record["first_seen"]),
                 }
-            self._names = {str(k): str(v) for k, v in data["names"].items()}
-            self._addresses = {str(k): str(v) for k, v in data["addresses"].items()}
+            self._names = {str(k): _check_key(v) for k, v in data["names"].items()}
+            self._addresses = {
+                str(k): _check_key(v) for k, v in data["addresses"].items()
+            }
         except (AttributeError, KeyError, TypeError, ValueError) as exc:
             raise TrustStoreError(f"trust store is malformed: {exc}") from exc
 
@@ -152,21 +161,41 @@ class TrustStore:
         self._pin(key_hex, name, slot)
         return TrustDecision(self.state_of(key))
 
-    def accept(self, key: bytes, name: str, slot: str | None) -> None:
+    def accept(self, key: bytes, name: str | None, slot: str | None) -> None:
         """Pin `key` for `name` and `slot`, replacing any earlier pin (/trust).
 
         The accepted key starts unverified: accepting a change is not the
         same as comparing safety numbers.
+
+        Args:
+            key: the new identity key.
+            name: the nickname to pin to it, or None when the peer has not
+                named itself yet (its key was refused before CONFIRM).
+            slot: as for `check`.
         """
         self._pin(key.hex(), name, slot, replace=True)
 
+    def pinned_at(self, slot: str | None) -> bytes | None:
+        """The identity key pinned to a peer's place, if any.
+
+        The client expects this key in every handshake at that place, so a
+        different one is refused before CONFIRM (protocol.md section 5.2).
+        """
+        pinned = self._addresses.get(slot) if slot else None
+        return None if pinned is None else bytes.fromhex(pinned)
+
+    def name_of(self, key: bytes) -> str | None:
+        """The nickname `key` claimed when it was first pinned, if pinned."""
+        record = self._identities.get(key.hex())
+        return None if record is None else str(record["name"])
+
     def _pin(
-        self, key_hex: str, name: str, slot: str | None, replace: bool = False
+        self, key_hex: str, name: str | None, slot: str | None, replace: bool = False
     ) -> None:
         sizes = (len(self._identities), len(self._names), len(self._addresses))
         new = (
             key_hex not in self._identities
-            or name not in self._names
+            or bool(name and name not in self._names)
             or bool(slot and slot not in self._addresses)
         )
         if new and max(sizes) >= MAX_TRUST_ENTRIES:
@@ -178,10 +207,10 @@ class TrustStore:
         if key_hex not in self._identities:
             self._identities[key_hex] = {
                 "verified": False,
-                "name": name,
+                "name": name or "",
                 "first_seen": time.time(),
             }
-        if replace or name not in self._names:
+        if name and (replace or name not in self._names):
             self._names[name] = key_hex
         if slot and (replace or slot not in self._addresses):
             self._addresses[slot] = key_hex

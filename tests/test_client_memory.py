@@ -51,7 +51,11 @@ class Room:
         self.trust: dict[bytes, TrustStore] = {}
 
     def join(
-        self, nick: str, address: bytes, identity: Identity | None = None
+        self,
+        nick: str,
+        address: bytes,
+        identity: Identity | None = None,
+        expected: str | None = None,
     ) -> Member:
         identity = identity or Identity.generate()
         events: list[ClientEvent] = []
@@ -63,6 +67,7 @@ class Room:
             trust=trust,
             connect=self.hub.connector(address),
             emit=events.append,
+            expected_fingerprint=expected,
             backoff=_no_wait,
         )
         member = Member(client, address, identity, events)
@@ -135,23 +140,100 @@ async def test_a_resent_message_is_shown_once(room: Room) -> None:
     assert alice.find("reconnected")
 
 
-async def test_changed_identity_holds_frames_until_trust(room: Room) -> None:
+def _kinds_sent(room: Room, sender: bytes, recipient: bytes) -> list[int]:
+    """Record the type byte of every frame from `sender` to `recipient`."""
+    kinds: list[int] = []
+
+    def tap(source: bytes, to: bytes, payload: bytes) -> bytes:
+        if (source, to) == (sender, recipient):
+            kinds.append(payload[1])
+        return payload
+
+    room.hub.tap = tap
+    return kinds
+
+
+async def test_a_new_key_at_a_pinned_address_gets_no_confirm(room: Room) -> None:
     alice, bob = await _pair(room)
     await room.leave(bob)
     await room.hub.settle()
+    waiting = alice.client.send_message("for bob only")
+    kinds = _kinds_sent(room, A, B)
 
     impostor = room.join("bob", B, Identity.generate())
     await room.hub.settle()
-    assert alice.find("alert", kind="identity-changed", peer="bob")
     message_id = impostor.client.send_message("let me in")
     await room.hub.settle()
 
+    # The pin is checked before CONFIRM (protocol.md section 5.2, step 4):
+    # the impostor got handshake frames (HELLO, AUTH) and no record at all.
+    (alert,) = alice.find("alert", kind="identity-changed", peer="bob")
+    assert impostor.identity.public.fingerprint() in alert["detail"]
+    assert kinds and set(kinds) <= {1, 2}
+    assert not impostor.find("secure")
+    assert not impostor.find("message")
     assert not alice.find("message", text="let me in")
-    assert not impostor.find("delivered", id=message_id)
+
     alice.client.accept_key("bob")
     await room.hub.settle()
     assert len(alice.find("message", text="let me in")) == 1
     assert impostor.find("delivered", id=message_id)
+    assert impostor.find("message", id=waiting)
+    assert len(alice.find("alert")) == 1
+
+
+async def test_a_new_key_claiming_a_pinned_name_is_held(room: Room) -> None:
+    alice, bob = await _pair(room)
+    await room.leave(bob)
+    await room.hub.settle()
+    kinds = _kinds_sent(room, A, C)
+
+    # A new address and a new key: only the nickname, which arrives inside
+    # the channel, shows the change; then everything is held.
+    impostor = room.join("bob", C, Identity.generate())
+    await room.hub.settle()
+    (alert,) = alice.find("alert", kind="identity-changed")
+    records = kinds.count(3)
+    message_id = impostor.client.send_message("let me in")
+    alice.client.send_message("for bob only")
+    await room.hub.settle()
+
+    assert not alice.find("message", text="let me in")
+    assert not impostor.find("delivered", id=message_id)
+    assert not impostor.find("message")
+    assert kinds.count(3) == records
+    alice.client.accept_key(alert["peer"])
+    await room.hub.settle()
+    assert len(alice.find("message", text="let me in")) == 1
+    assert impostor.find("delivered", id=message_id)
+
+
+async def test_an_invite_refuses_a_peer_that_is_not_the_inviter(room: Room) -> None:
+    inviter = Identity.generate()
+    kinds = _kinds_sent(room, A, B)
+    joiner = room.join("joiner", A, expected=inviter.public.fingerprint())
+    joiner.client.send_message("secret plan")
+    mallory = room.join("alice", B)
+    await room.hub.settle()
+
+    (alert,) = joiner.find("alert")
+    assert alert["kind"] == "identity-changed"
+    assert "invited you" in alert["detail"]
+    assert not joiner.find("secure")
+    assert not mallory.find("secure")
+    assert not mallory.find("message")
+    assert set(kinds) <= {1, 2}
+
+
+async def test_an_invite_marks_the_inviter_verified(room: Room) -> None:
+    inviter = Identity.generate()
+    joiner = room.join("joiner", A, expected=inviter.public.fingerprint())
+    room.join("alice", B, inviter)
+    await room.hub.settle()
+
+    (secure,) = joiner.find("secure")
+    assert secure["verified"] is True
+    assert not joiner.find("alert")
 
 
 async def test_outbox_keeps_messages_until_a_peer_arrives(room: Room) -> None:

@@ -125,6 +125,35 @@ def test_verified_state_is_kept(tmp_path: Path) -> None:
     assert reloaded.check(b"k" * 32, "bob", "room:a1").state == TrustState.VERIFIED
 
 
+def test_the_key_pinned_at_an_address_is_what_handshakes_expect() -> None:
+    store = TrustStore(None)
+    store.check(b"k" * 32, "bob", "room:a1")
+
+    assert store.pinned_at("room:a1") == b"k" * 32
+    assert store.pinned_at("room:a2") is None
+    assert store.pinned_at(None) is None
+
+
+def test_accepting_a_key_before_its_name_pins_the_address_only() -> None:
+    store = TrustStore(None)
+    store.check(b"k" * 32, "bob", "room:a1")
+    store.accept(b"x" * 32, None, "room:a1")
+
+    assert store.pinned_at("room:a1") == b"x" * 32
+    assert store.check(b"x" * 32, "robert", "room:a1").state == TrustState.UNVERIFIED
+    assert store.check(b"x" * 32, "bob", "room:a1").pinned_by == "name"
+
+
+def test_a_pin_that_is_not_a_key_is_refused_at_load(tmp_path: Path) -> None:
+    store = TrustStore(tmp_path / "trust.json")
+    store.check(b"k" * 32, "bob", "room:a1")
+    text = (tmp_path / "trust.json").read_text()
+    (tmp_path / "trust.json").write_text(text.replace((b"k" * 32).hex(), "6b6b", 1))
+
+    with pytest.raises(TrustStoreError, match="malformed"):
+        TrustStore.load(tmp_path / "trust.json")
+
+
 def test_corrupt_trust_store_is_a_clear_error(tmp_path: Path) -> None:
     (tmp_path / "trust.json").write_text('{"version": 1, "identities": 3}')
     with pytest.raises(TrustStoreError, match="malformed"):
