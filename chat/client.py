@@ -180,6 +180,16 @@ def _rekey(session: Session, now: float) -> list[object]:
     return []
 
 
+@contextlib.contextmanager
+def _trust_store_errors() -> Iterator[None]:
+    """Turn a trust store that cannot be read or written into a command error
+    (the session and the interface stay up; nothing changed in memory)."""
+    try:
+        yield
+    except (TrustStoreError, OSError) as exc:
+        raise CommandError(f"trust store: {exc}") from exc
+
+
 def _hex_id(message_id: bytes) -> str:
     return message_id.hex()
 
@@ -911,8 +921,11 @@ class ChatClient:
             and state != TrustState.VERIFIED
             and fingerprint_matches(peer.identity, self._expected)
         ):
-            self._trust.mark_verified(peer.identity.key)
-            state = TrustState.VERIFIED
+            try:
+                self._trust.mark_verified(peer.identity.key)
+                state = TrustState.VERIFIED
+            except (TrustStoreError, OSError) as exc:
+                self._emit(ClientEvent("error", {"detail": f"trust store: {exc}"}))
         peer.trust = state
         peer.ready = True
         peer.refused = None
@@ -1089,11 +1102,17 @@ class ChatClient:
         60 digits the peer read out, compared here.
 
         Raises:
-            CommandError: unknown peer, no session yet, or digits that differ.
+            CommandError: unknown peer, no session or trust decision yet,
+                digits that differ, or a trust store that cannot be written.
         """
         peer = self._find(name)
         if peer.identity is None or peer.safety_number is None:
             raise CommandError(f"no secure session with {name} yet")
+        if peer.trust is None:
+            raise CommandError(
+                f"{name} has not told its nickname yet, so its key is not "
+                "pinned; wait for it to be shown as secure"
+            )
         result: dict[str, Any] = {
             "peer": self._name(peer),
             "safety_number": peer.safety_number,
@@ -1111,7 +1130,8 @@ class ChatClient:
             )
         if peer.trust == TrustState.CHANGED:
             raise CommandError(f"accept the new key first with /trust {name}")
-        self._trust.mark_verified(peer.identity.key)
+        with _trust_store_errors():
+            self._trust.mark_verified(peer.identity.key)
         peer.trust = TrustState.VERIFIED
         result["verified"] = True
         return result
@@ -1120,15 +1140,20 @@ class ChatClient:
         """Accept a changed identity key (/trust) and release held messages.
 
         Raises:
-            CommandError: unknown peer, or its key has not changed.
+            CommandError: unknown peer, its key has not changed, or the trust
+                store cannot be written.
         """
         peer = self._find(name)
         if peer.refused is not None:
-            self._accept_refused(peer, peer.refused)
+            with _trust_store_errors():
+                self._accept_refused(peer, peer.refused)
             return
         if peer.trust != TrustState.CHANGED or peer.identity is None:
             raise CommandError(f"{name}'s key has not changed; nothing to accept")
-        self._trust.accept(peer.identity.key, peer.nick or peer.label, self._slot(peer))
+        with _trust_store_errors():
+            self._trust.accept(
+                peer.identity.key, peer.nick or peer.label, self._slot(peer)
+            )
         self._become_ready(peer, self._trust.state_of(peer.identity.key))
 
         # Held frames are processed now, in order, and acknowledged.

@@ -14,11 +14,12 @@ import nacl.utils
 import pytest
 
 from chat.client import ChatClient, ClientEvent, CommandError
+from chat.commands import handle_line
 from chat.core.channel import record_nonce
 from chat.core.frames import unpad
 from chat.core.identity import Identity
 from chat.core.rooms import RoomKeys
-from chat.trust import TrustStore
+from chat.trust import TrustStore, TrustStoreError
 from tests.client_helpers import MemoryHub
 
 ROOM = RoomKeys.from_name("memory-room")
@@ -424,3 +425,54 @@ async def test_a_key_swapping_relay_is_one_alert_on_each_side(room: Room) -> Non
         (alert,) = member.find("alert")
         assert alert["kind"] == "handshake-failed"
         assert not member.find("secure")
+
+
+async def test_verify_waits_for_the_trust_decision(
+    room: Room, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Bob completes the handshake but never sends his nickname.
+    alice = room.join("alice", A)
+    bob = room.join("bob", B)
+    monkeypatch.setattr(bob.client, "_on_established", lambda *_args: None)
+    await room.hub.settle()
+    (peer,) = alice.client.who()
+
+    outcome = handle_line(alice.client, f"/verify {peer['peer']} yes")
+
+    (event,) = outcome.events
+    assert event.event == "error"
+    assert "not told its nickname" in event.fields["detail"]
+    assert alice.client.who()[0]["trust"] == "unknown"
+
+
+def _failing(*_args: object) -> None:
+    raise TrustStoreError("trust store is full")
+
+
+async def test_verify_with_a_failing_trust_store_is_an_error(
+    room: Room, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    alice, _bob = await _pair(room)
+    monkeypatch.setattr(room.trust[A], "mark_verified", _failing)
+
+    (event,) = handle_line(alice.client, "/verify bob yes").events
+
+    assert event.event == "error"
+    assert "trust store is full" in event.fields["detail"]
+    assert alice.client.who()[0]["trust"] == "unverified"
+
+
+async def test_trust_with_a_failing_trust_store_is_an_error(
+    room: Room, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    alice, bob = await _pair(room)
+    await room.leave(bob)
+    room.join("bob", C, Identity.generate())
+    await room.hub.settle()
+    (alert,) = alice.find("alert", kind="identity-changed")
+    monkeypatch.setattr(room.trust[A], "accept", _failing)
+
+    (event,) = handle_line(alice.client, f"/trust {alert['peer']}").events
+
+    assert event.event == "error"
+    assert "trust store is full" in event.fields["detail"]
