@@ -156,10 +156,14 @@ def backoff_delays(
 
 
 def sanitize_nick(claim: str) -> str:
-    """Make a claimed nickname safe to print: printable, one line, bounded."""
+    """Make a claimed nickname safe to print: printable, one line, bounded.
+
+    '#' becomes '_': it is reserved for the fingerprint digits that tell
+    apart peers claiming one name (see `ChatClient._display_names`).
+    """
     kept = "".join(
         char
-        for char in claim
+        for char in claim.replace("#", "_")
         if not unicodedata.category(char).startswith(("C", "Z")) or char == " "
     )
     kept = "_".join(kept.split())[:MAX_NICK_CHARS]
@@ -492,9 +496,10 @@ class ChatClient:
     def undelivered(self) -> list[dict[str, Any]]:
         """Messages still waiting for a receipt, with who has not confirmed."""
         result = []
+        names = self._display_names()
         for item in self._outbox.values():
             waiting = [
-                self._name(self._peers[address])
+                names[address]
                 for address in item.sent_in
                 if address not in item.delivered and address in self._peers
             ]
@@ -922,7 +927,7 @@ class ChatClient:
             and fingerprint_matches(peer.identity, self._expected)
         ):
             try:
-                self._trust.mark_verified(peer.identity.key)
+                self._trust.mark_verified(peer.identity.key, peer.nick or peer.label)
                 state = TrustState.VERIFIED
             except (TrustStoreError, OSError) as exc:
                 self._emit(ClientEvent("error", {"detail": f"trust store: {exc}"}))
@@ -992,6 +997,7 @@ class ChatClient:
         item = _Outgoing(message_id, text, {address: 0 for address in self._peers})
         item.open = not item.sent_in
         self._outbox[message_id] = item
+        names = self._display_names()
         self.drained.clear()
         self._emit(
             ClientEvent(
@@ -999,7 +1005,7 @@ class ChatClient:
                 {
                     "id": _hex_id(message_id),
                     "text": text,
-                    "to": [self._name(self._peers[a]) for a in item.sent_in],
+                    "to": [names[address] for address in item.sent_in],
                 },
             )
         )
@@ -1051,29 +1057,66 @@ class ChatClient:
     # --------------------------------------------------------------- commands
 
     def _name(self, peer: _Peer) -> str:
-        """The peer's display name: its nickname, made unique among the
-        peers present (two people may claim one name; keys tell them apart)."""
-        if peer.nick is None:
+        """The peer's display name (see `_display_names`)."""
+        return self._display_names().get(peer.address, peer.label)
+
+    def _display_names(self) -> dict[bytes, str]:
+        """Every peer's display name, one per identity, by address.
+
+        Two people may claim one nickname; keys tell them apart. When other
+        identities met in the room (present or not, held or not) claim the
+        same nickname, only a peer verified under it keeps the bare name, and
+        only if no rival is verified too; the others show `nick#` and the
+        first five digits of their fingerprint. Nicknames hold no '#', so
+        only a peer with that key shows those digits; should two names still
+        be equal (five digits found by search), they show the whole
+        fingerprint.
+        """
+        peers = list(self._peers.values())
+        names: dict[bytes, str] = {}
+        for peer in peers:
+            names[peer.address] = self._claimed_name(peer, peers, 5)
+
+        owners: dict[str, set[bytes]] = {}
+        for peer in peers:
+            key = peer.identity.key if peer.identity else peer.address
+            owners.setdefault(names[peer.address], set()).add(key)
+        for peer in peers:
+            if len(owners[names[peer.address]]) > 1:
+                names[peer.address] = self._claimed_name(peer, peers, 30)
+        return names
+
+    @staticmethod
+    def _claimed_name(peer: _Peer, peers: list[_Peer], digits: int) -> str:
+        if peer.nick is None or peer.identity is None:
             return peer.label
-        clash = any(
-            other is not peer
-            and other.present
-            and other.nick == peer.nick
-            and other.identity != peer.identity
-            for other in self._peers.values()
+        rivals = [
+            other
+            for other in peers
+            if other.nick == peer.nick and other.identity not in (None, peer.identity)
+        ]
+        keeps = digits == 5 and (
+            not rivals
+            or (
+                peer.trust == TrustState.VERIFIED
+                and all(other.trust != TrustState.VERIFIED for other in rivals)
+            )
         )
-        if clash and peer.identity is not None:
-            return f"{peer.nick}#{peer.identity.fingerprint()[:5]}"
-        return peer.nick
+        if keeps:
+            return peer.nick
+        fingerprint = peer.identity.fingerprint().replace(" ", "")
+        return f"{peer.nick}#{fingerprint[:digits]}"
 
     def _find(self, name: str) -> _Peer:
-        # Exact display names first, then nicknames, preferring peers present.
+        # Exact display names first (one identity at two addresses: the one
+        # present), then nicknames; never a guess between two identities.
         peers = list(self._peers.values())
-        matches = [peer for peer in peers if self._name(peer) == name]
-        if not matches:
-            matches = [peer for peer in peers if name in (peer.nick, peer.label)]
+        names = self._display_names()
+        matches = [peer for peer in peers if names[peer.address] == name]
         if len(matches) > 1:
             matches = [peer for peer in matches if peer.present] or matches
+        if not matches:
+            matches = [peer for peer in peers if name in (peer.nick, peer.label)]
         if not matches:
             raise CommandError(f"no peer called {name!r}; /who lists the peers")
         if len(matches) > 1:
@@ -1084,9 +1127,10 @@ class ChatClient:
 
     def who(self) -> list[dict[str, Any]]:
         """Everyone this client has met in the room, with their state."""
+        names = self._display_names()
         return [
             {
-                "peer": self._name(peer),
+                "peer": names[peer.address],
                 "present": peer.present,
                 "secure": peer.ready,
                 "trust": str(peer.trust) if peer.trust else "unknown",
@@ -1131,7 +1175,7 @@ class ChatClient:
         if peer.trust == TrustState.CHANGED:
             raise CommandError(f"accept the new key first with /trust {name}")
         with _trust_store_errors():
-            self._trust.mark_verified(peer.identity.key)
+            self._trust.mark_verified(peer.identity.key, peer.nick or peer.label)
         peer.trust = TrustState.VERIFIED
         result["verified"] = True
         return result
@@ -1154,7 +1198,9 @@ class ChatClient:
             self._trust.accept(
                 peer.identity.key, peer.nick or peer.label, self._slot(peer)
             )
-        self._become_ready(peer, self._trust.state_of(peer.identity.key))
+        self._become_ready(
+            peer, self._trust.state_of(peer.identity.key, peer.nick or peer.label)
+        )
 
         # Held frames are processed now, in order, and acknowledged.
         while peer.held and peer.trust != TrustState.CHANGED:
@@ -1183,6 +1229,7 @@ class ChatClient:
     def keys(self) -> dict[str, Any]:
         """The security panel: per-session statistics, never a key."""
         sessions = []
+        names = self._display_names()
         for peer in self._peers.values():
             session = peer.session
             if session is None:
@@ -1190,7 +1237,7 @@ class ChatClient:
             stats = session.stats
             sessions.append(
                 {
-                    "peer": self._name(peer),
+                    "peer": names[peer.address],
                     "state": session.state.name.lower(),
                     "epoch": stats.epoch,
                     "sent_in_epoch": stats.sent_in_epoch,

@@ -112,6 +112,7 @@ class TrustStore:
                     "verified": bool(record["verified"]),
                     "name": str(record["name"]),
                     "first_seen": float(record["first_seen"]),
+                    "verified_name": str(record.get("verified_name", record["name"])),
                 }
             self._names = {str(k): _check_key(v) for k, v in data["names"].items()}
             self._addresses = {
@@ -159,7 +160,7 @@ class TrustStore:
                 )
 
         self._pin(key_hex, name, slot)
-        return TrustDecision(self.state_of(key))
+        return TrustDecision(self.state_of(key, name))
 
     def accept(self, key: bytes, name: str | None, slot: str | None) -> None:
         """Pin `key` for `name` and `slot`, replacing any earlier pin (/trust).
@@ -209,6 +210,7 @@ class TrustStore:
                 "verified": False,
                 "name": name or "",
                 "first_seen": time.time(),
+                "verified_name": "",
             }
         if name and (replace or name not in self._names):
             self._names[name] = key_hex
@@ -218,17 +220,28 @@ class TrustStore:
         if replace or after != sizes:
             self.save()
 
-    def mark_verified(self, key: bytes) -> None:
-        """Record that the user compared the safety number for `key`."""
+    def mark_verified(self, key: bytes, name: str) -> None:
+        """Record that the user compared the safety number for `key`, which
+        then called itself `name`."""
         record = self._identities.get(key.hex())
         if record is None:
             raise TrustStoreError("that identity is not pinned yet")
         record["verified"] = True
+        record["verified_name"] = name
         self.save()
 
-    def state_of(self, key: bytes) -> TrustState:
-        """The state of a pinned key: verified or unverified."""
+    def state_of(self, key: bytes, name: str) -> TrustState:
+        """The state of a pinned key under the nickname it claims now.
+
+        Verified only under the name it had when the user verified it: the
+        key is what was checked, but the user checked it as that person, so
+        a new name is shown unverified until it is verified again.
+        """
         record = self._identities.get(key.hex())
-        if record is not None and record["verified"]:
+        if (
+            record is not None
+            and record["verified"]
+            and record["verified_name"] == name
+        ):
             return TrustState.VERIFIED
         return TrustState.UNVERIFIED

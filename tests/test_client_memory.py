@@ -17,7 +17,7 @@ from chat.client import ChatClient, ClientEvent, CommandError
 from chat.commands import handle_line
 from chat.core.channel import record_nonce
 from chat.core.frames import unpad
-from chat.core.identity import Identity
+from chat.core.identity import Identity, PublicIdentity
 from chat.core.rooms import RoomKeys
 from chat.trust import TrustStore, TrustStoreError
 from tests.client_helpers import MemoryHub
@@ -476,3 +476,74 @@ async def test_trust_with_a_failing_trust_store_is_an_error(
 
     assert event.event == "error"
     assert "trust store is full" in event.fields["detail"]
+
+
+async def test_clashing_names_show_fingerprint_digits_and_never_collide(
+    room: Room,
+) -> None:
+    alice, bob = await _pair(room)
+    room.join("bob", C, Identity.generate())  # held as changed, but present
+    await room.hub.settle()
+    digits = bob.identity.public.fingerprint()[:5]
+    spoof = room.join(f"bob#{digits}", b"D" * 32)
+    await room.hub.settle()
+
+    names = {peer["fingerprint"]: peer["peer"] for peer in alice.client.who()}
+    assert len(names) == 3
+    assert names[bob.identity.public.fingerprint()] == f"bob#{digits}"
+    assert len(set(names.values())) == len(names)
+    assert names[spoof.identity.public.fingerprint()] == f"bob_{digits}"
+
+
+async def test_a_verified_peer_keeps_its_name_against_rivals(room: Room) -> None:
+    alice, bob = await _pair(room)
+    alice.client.verify("bob", "yes")
+    impostor = room.join("bob", C, Identity.generate())
+    await room.hub.settle()
+
+    names = {peer["fingerprint"]: peer["peer"] for peer in alice.client.who()}
+    assert names[bob.identity.public.fingerprint()] == "bob"
+    fingerprint = impostor.identity.public.fingerprint()
+    assert names[fingerprint] == "bob#" + fingerprint[:5]
+
+
+async def test_verified_does_not_follow_the_key_to_a_new_name(room: Room) -> None:
+    alice, bob = await _pair(room)
+    alice.client.verify("bob", "yes")
+    await room.leave(bob)
+    await room.hub.settle()
+
+    room.join("robert", B, bob.identity)
+    await room.hub.settle()
+
+    (secure,) = alice.find("secure", peer="robert")
+    assert secure["verified"] is False
+    assert secure["trust"] == "unverified"
+
+
+async def test_equal_five_digit_suffixes_show_the_whole_fingerprint(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # Two keys whose fingerprints share their first five digits (an attacker
+    # can search for one), both claiming "bob".
+    fingerprints = {b"1" * 32: "11111 22222", b"2" * 32: "11111 33333"}
+    monkeypatch.setattr(
+        PublicIdentity, "fingerprint", lambda self: fingerprints[self.key]
+    )
+    client = ChatClient(
+        identity=Identity.generate(),
+        room=ROOM,
+        nick="alice",
+        trust=TrustStore(None),
+        connect=MemoryHub().connector(A),
+        emit=lambda _event: None,
+    )
+    for address, key in ((B, b"1" * 32), (C, b"2" * 32)):
+        peer = client._peer(address)
+        assert peer is not None
+        peer.nick, peer.identity = "bob", PublicIdentity(key)
+
+    assert sorted(client._display_names().values()) == [
+        "bob#1111122222",
+        "bob#1111133333",
+    ]

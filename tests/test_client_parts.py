@@ -120,9 +120,18 @@ def test_accepting_a_changed_key_pins_it(tmp_path: Path) -> None:
 def test_verified_state_is_kept(tmp_path: Path) -> None:
     store = TrustStore(tmp_path / "trust.json")
     store.check(b"k" * 32, "bob", "room:a1")
-    store.mark_verified(b"k" * 32)
+    store.mark_verified(b"k" * 32, "bob")
     reloaded = TrustStore.load(tmp_path / "trust.json")
     assert reloaded.check(b"k" * 32, "bob", "room:a1").state == TrustState.VERIFIED
+
+
+def test_a_verified_key_under_a_new_name_is_unverified() -> None:
+    store = TrustStore(None)
+    store.check(b"k" * 32, "bob", "room:a1")
+    store.mark_verified(b"k" * 32, "bob")
+
+    assert store.check(b"k" * 32, "alice", "room:a2").state == TrustState.UNVERIFIED
+    assert store.check(b"k" * 32, "bob", "room:a2").state == TrustState.VERIFIED
 
 
 def test_the_key_pinned_at_an_address_is_what_handshakes_expect() -> None:
@@ -215,6 +224,10 @@ def test_backoff_jitter_lowers_the_delay_by_at_most_half() -> None:
     jittered = list(itertools.islice(backoff_delays(rng=lambda: 0.999), 5))
     for full, low in zip(nominal, jittered, strict=True):
         assert full / 2 <= low < full
+
+
+def test_nick_cannot_hold_the_fingerprint_separator() -> None:
+    assert sanitize_nick("bob#12345") == "bob_12345"
 
 
 def test_nick_is_made_printable_and_bounded() -> None:
