@@ -225,7 +225,7 @@ class _Peer:
     started_at: float = 0.0
     failed_at: float | None = None
     failures: int = 0
-    named_in: int = -1  # generation in which the peer's nickname arrived
+    named_by: Session | None = None  # session whose PROFILE named the peer
     warned: Session | None = None  # session whose failed handshake was reported
     refused: PublicIdentity | None = None  # key the pin check refused, until /trust
     accepted: PublicIdentity | None = None  # key the user accepted with /trust
@@ -877,12 +877,13 @@ class ChatClient:
         )
 
     def _on_profile(self, peer: _Peer, nickname: str) -> None:
-        # One nickname per session: a peer cannot rename itself mid-session
-        # (nor make us pin names, and write the trust store, without end).
-        if peer.identity is None or peer.named_in == peer.generation:
+        # One nickname per session object: a peer cannot rename itself
+        # mid-session, nor after each of our reconnects or rekeys (nor make
+        # us pin names, and write the trust store, without end).
+        if peer.identity is None or peer.named_by is peer.session:
             logger.debug("ignored a second profile from %s", peer.label)
             return
-        peer.named_in = peer.generation
+        peer.named_by = peer.session
         peer.nick = sanitize_nick(nickname)
         try:
             decision = self._trust.check(peer.identity.key, peer.nick, self._slot(peer))

@@ -21,6 +21,7 @@ __all__ = [
     "HELD_FRAMES_PER_PEER",
     "MAX_COMMAND_BYTES",
     "MAX_INPUT_LINE_BYTES",
+    "MAX_NAMES_PER_KEY",
     "MAX_NICK_CHARS",
     "MAX_PASSPHRASE_BYTES",
     "MAX_PEERS",
@@ -114,6 +115,10 @@ PASSPHRASE_ATTEMPTS: Final = 3
 
 MAX_TRUST_ENTRIES: Final = 10000
 """Identities pinned in the trust store."""
+
+MAX_NAMES_PER_KEY: Final = 8
+"""Nicknames pinned to one identity key; further claims are shown but not
+pinned, so a peer that renames itself cannot fill the trust store."""
 
 TRUST_FILE_MAX_BYTES: Final = 4 * 1024 * 1024
 """Largest trust store file read from disk."""

@@ -26,7 +26,7 @@ from pathlib import Path
 from typing import Any
 
 from chat.home import write_private
-from chat.limits import MAX_TRUST_ENTRIES, TRUST_FILE_MAX_BYTES
+from chat.limits import MAX_NAMES_PER_KEY, MAX_TRUST_ENTRIES, TRUST_FILE_MAX_BYTES
 
 __all__ = ["TrustDecision", "TrustState", "TrustStore", "TrustStoreError"]
 
@@ -193,6 +193,14 @@ class TrustStore:
     def _pin(
         self, key_hex: str, name: str | None, slot: str | None, replace: bool = False
     ) -> None:
+        # A key keeps at most MAX_NAMES_PER_KEY names; past it a new claim is
+        # not pinned (it stays a label), so renaming cannot fill the store.
+        if (
+            name
+            and name not in self._names
+            and self._name_count(key_hex) >= MAX_NAMES_PER_KEY
+        ):
+            name = None
         sizes = (len(self._identities), len(self._names), len(self._addresses))
         new = (
             key_hex not in self._identities
@@ -219,6 +227,9 @@ class TrustStore:
         after = (len(self._identities), len(self._names), len(self._addresses))
         if replace or after != sizes:
             self.save()
+
+    def _name_count(self, key_hex: str) -> int:
+        return sum(1 for pinned in self._names.values() if pinned == key_hex)
 
     def mark_verified(self, key: bytes, name: str) -> None:
         """Record that the user compared the safety number for `key`, which

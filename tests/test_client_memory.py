@@ -547,3 +547,19 @@ async def test_equal_five_digit_suffixes_show_the_whole_fingerprint(
         "bob#1111122222",
         "bob#1111133333",
     ]
+
+
+async def test_a_peer_cannot_rename_itself_after_our_reconnects(room: Room) -> None:
+    alice, bob = await _pair(room)
+    for n in range(3):
+        room.hub.leave(A)  # the relay drops alice; she reconnects and rekeys
+        await room.hub.settle()
+        session = bob.client._peers[A].session
+        assert session is not None
+        session.send_profile(f"name{n}", 0.0)
+        bob.client._dirty.set()
+        await room.hub.settle()
+
+    assert len(alice.find("reconnected")) == 3
+    assert [peer["peer"] for peer in alice.client.who()] == ["bob"]
+    assert sorted(room.trust[A]._names) == ["bob"]

@@ -23,7 +23,11 @@ from chat.client import (
 )
 from chat.home import Home, resolve_home
 from chat.invite import Invite, InviteError, decode_invite, encode_invite
-from chat.limits import MAX_INPUT_LINE_BYTES, RECONNECT_CAP_SECONDS
+from chat.limits import (
+    MAX_INPUT_LINE_BYTES,
+    MAX_NAMES_PER_KEY,
+    RECONNECT_CAP_SECONDS,
+)
 from chat.trust import TrustState, TrustStore, TrustStoreError
 from chat.ui.lines import read_lines
 from chat.ui.plain import PlainRenderer, describe
@@ -161,6 +165,15 @@ def test_a_pin_that_is_not_a_key_is_refused_at_load(tmp_path: Path) -> None:
 
     with pytest.raises(TrustStoreError, match="malformed"):
         TrustStore.load(tmp_path / "trust.json")
+
+
+def test_names_pinned_to_one_key_are_bounded() -> None:
+    store = TrustStore(None)
+    for n in range(MAX_NAMES_PER_KEY + 3):
+        assert store.check(b"k" * 32, f"name{n}", None).state != TrustState.CHANGED
+
+    pinned = [n for n in range(MAX_NAMES_PER_KEY + 3) if store._names.get(f"name{n}")]
+    assert len(pinned) == MAX_NAMES_PER_KEY
 
 
 def test_corrupt_trust_store_is_a_clear_error(tmp_path: Path) -> None:
