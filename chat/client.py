@@ -64,6 +64,7 @@ from chat.limits import (
     MAX_INPUT_LINE_BYTES,
     MAX_NICK_CHARS,
     MAX_PEERS,
+    MAX_STRANGERS,
     OUTBOX_MAX_BYTES,
     OUTBOX_MAX_MESSAGES,
     RECONNECT_BASE_SECONDS,
@@ -196,6 +197,24 @@ def _trust_store_errors() -> Iterator[None]:
 
 def _hex_id(message_id: bytes) -> str:
     return message_id.hex()
+
+
+def _eviction_order(peer: _Peer, now: float) -> tuple[bool, bool, float]:
+    """Which stranger to forget first (the smallest): one that left; then one
+    whose handshake is not under way (it never answered our HELLO, or timed
+    out), newest first, so that members announced earlier keep their place;
+    then the one whose handshake started first. A newcomer that answers is
+    under way within one round trip, and no longer first to go."""
+    session = peer.session
+    under_way = (
+        session is not None
+        and session.state not in (SessionState.IDLE, SessionState.HELLO_SENT)
+        and now - peer.started_at < HANDSHAKE_TIMEOUT_SECONDS
+    )
+    if under_way:
+        return (peer.present, True, peer.started_at)
+    newest = -peer.started_at if session is not None else float("-inf")
+    return (peer.present, False, newest)
 
 
 @dataclass
@@ -571,15 +590,43 @@ class ChatClient:
         if peer is not None and peer.present:
             peer.present = False
             self._emit(ClientEvent("peer-left", {"peer": self._name(peer)}))
+            if self._is_stranger(peer) and peer.refused is None:
+                self._forget(peer)
+
+    def _is_stranger(self, peer: _Peer) -> bool:
+        """A peer not met: no handshake succeeded with it in this run, and no
+        key is pinned to its address. Anyone who knows the room id can make
+        the relay announce strangers, so they are bounded apart and forgotten
+        when they leave or to make room (see chat.limits.MAX_STRANGERS)."""
+        return (
+            peer.identity is None
+            and peer.accepted is None
+            and self._trust.pinned_at(self._slot(peer)) is None
+        )
 
     def _peer(self, address: bytes) -> _Peer | None:
         peer = self._peers.get(address)
-        if peer is None:
-            if len(self._peers) >= MAX_PEERS:
-                logger.warning("room has more than %d peers; ignoring one", MAX_PEERS)
-                return None
-            peer = self._peers[address] = _Peer(address)
+        if peer is not None:
+            return peer
+        peer = _Peer(address)
+        if self._is_stranger(peer):
+            strangers = [p for p in self._peers.values() if self._is_stranger(p)]
+            if len(strangers) >= MAX_STRANGERS:
+                now = self._clock()
+                self._forget(min(strangers, key=partial(_eviction_order, now=now)))
+        elif len(self._peers) - self._stranger_count() >= MAX_PEERS:
+            logger.warning("room has more than %d peers; ignoring one", MAX_PEERS)
+            return None
+        self._peers[address] = peer
         return peer
+
+    def _stranger_count(self) -> int:
+        return sum(1 for peer in self._peers.values() if self._is_stranger(peer))
+
+    def _forget(self, peer: _Peer) -> None:
+        # A stranger is never a recipient, so no outbox entry names it.
+        del self._peers[peer.address]
+        logger.debug("forgot %s, which never established a session", peer.label)
 
     def _new_session(self, peer: _Peer) -> Session:
         expected_peer, expected_fingerprint = self._expectation(peer)
@@ -835,6 +882,17 @@ class ChatClient:
     def _on_established(
         self, peer: _Peer, identity: PublicIdentity, safety_number: str
     ) -> None:
+        # A stranger becomes a peer met: within MAX_PEERS, else it is closed.
+        if (
+            self._is_stranger(peer)
+            and len(self._peers) - self._stranger_count() >= MAX_PEERS
+        ):
+            logger.warning("room has more than %d peers; closing one", MAX_PEERS)
+            assert peer.session is not None
+            peer.session.close()
+            self._dirty.set()
+            return
+
         # The handshake proved the key; the nickname follows inside the
         # channel, and the trust decision waits for it (it pins both).
         peer.identity = identity
@@ -992,10 +1050,12 @@ class ChatClient:
             )
 
         # Recipients: every peer this client has met in the room, present or
-        # not (an absent one gets it from the mailbox or on its return). With
+        # not (an absent one gets it from the mailbox or on its return), and
+        # never a stranger, whom anyone knowing the room id can conjure. With
         # nobody met yet, the message goes to the first peer that is ready.
         message_id = nacl.utils.random(16)
-        item = _Outgoing(message_id, text, {address: 0 for address in self._peers})
+        recipients = [a for a, p in self._peers.items() if not self._is_stranger(p)]
+        item = _Outgoing(message_id, text, dict.fromkeys(recipients, 0))
         item.open = not item.sent_in
         self._outbox[message_id] = item
         names = self._display_names()

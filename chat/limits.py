@@ -26,6 +26,7 @@ __all__ = [
     "MAX_PASSPHRASE_BYTES",
     "MAX_PEERS",
     "MAX_ROOM_NAME_BYTES",
+    "MAX_STRANGERS",
     "MAX_TRUST_ENTRIES",
     "OUTBOX_MAX_BYTES",
     "OUTBOX_MAX_MESSAGES",
@@ -92,7 +93,15 @@ TICK_SECONDS: Final = 1.0
 """How often sessions are ticked (time-based rekey, handshake timeouts)."""
 
 MAX_PEERS: Final = 64
-"""Peers the client keeps a session with in one room."""
+"""Peers met in one room (a handshake with them succeeded in this run, or a
+key is pinned to their address) that the client keeps a session with."""
+
+MAX_STRANGERS: Final = 32
+"""Members announced by the relay with whom no handshake has succeeded yet:
+anyone who knows the room id can announce them, so they count apart from
+MAX_PEERS, are never recipients, and are forgotten when they leave; past the
+bound a newcomer takes the place of an absent one, else of one whose
+handshake is not under way (the newest such), else of the oldest."""
 
 MAX_NICK_CHARS: Final = 32
 """Longest nickname shown; longer claims are cut."""

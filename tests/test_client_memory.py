@@ -19,6 +19,7 @@ from chat.core.channel import record_nonce
 from chat.core.frames import unpad
 from chat.core.identity import Identity, PublicIdentity
 from chat.core.rooms import RoomKeys
+from chat.limits import MAX_PEERS, MAX_STRANGERS
 from chat.trust import TrustStore, TrustStoreError
 from tests.client_helpers import MemoryHub
 
@@ -563,3 +564,39 @@ async def test_a_peer_cannot_rename_itself_after_our_reconnects(room: Room) -> N
     assert len(alice.find("reconnected")) == 3
     assert [peer["peer"] for peer in alice.client.who()] == ["bob"]
     assert sorted(room.trust[A]._names) == ["bob"]
+
+
+async def _drain(queue: asyncio.Queue[Any]) -> None:
+    """Read a queue for ever: a member with no client behind it."""
+    while True:
+        await queue.get()
+
+
+async def test_strangers_cannot_fill_the_peer_table_or_the_recipients(
+    room: Room,
+) -> None:
+    alice = room.join("alice", A)
+    await room.hub.settle()
+
+    # Anyone who knows the room id can make the relay announce members that
+    # never complete a handshake: some leave again, some stay.
+    drains = []
+    for n in range(MAX_PEERS + 8):
+        fake = b"%03d" % n + bytes(29)
+        drains.append(asyncio.create_task(_drain(room.hub.join(fake).queue)))
+        if n % 2:
+            room.hub.leave(fake)
+    await room.hub.settle()
+    bob = room.join("bob", B)
+    await room.hub.settle()
+    message_id = alice.client.send_message("hello bob")
+    await room.hub.settle()
+
+    assert alice.find("secure", peer="bob")
+    assert len(alice.client._peers) <= MAX_STRANGERS + 1
+    (sent,) = alice.find("sent")
+    assert sent["to"] == ["bob"]
+    assert bob.find("message", id=message_id)
+    assert alice.find("delivered", id=message_id, complete=True)
+    for drain in drains:
+        drain.cancel()
