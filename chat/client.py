@@ -73,6 +73,7 @@ from chat.limits import (
     RECONNECT_JITTER,
     SEND_BURST,
     SEND_RATE,
+    STORED_FRAME_IDS,
     TICK_SECONDS,
 )
 from chat.transport import (
@@ -310,6 +311,7 @@ class ChatClient:
         self._peers: dict[bytes, _Peer] = {}
         self._outbox: OrderedDict[bytes, _Outgoing] = OrderedDict()
         self._seen: dict[bytes, OrderedDict[bytes, None]] = {}
+        self._stored: OrderedDict[int, bool] = OrderedDict()  # frame id: processed
         self._link: Link | None = None
         self._acks: list[int] = []
         self._dirty = asyncio.Event()
@@ -665,8 +667,16 @@ class ChatClient:
     # ---------------------------------------------------------- inbound frames
 
     def _on_inbound(self, sender: bytes, frame_id: int, payload: bytes) -> None:
+        # A stored frame may come again, after a reconnect or when it was
+        # stored as we joined (protocol.md section 19.4): drop the repeat,
+        # acknowledging again one already processed (that ACK may be lost).
+        if frame_id and frame_id in self._stored:
+            if self._stored[frame_id]:
+                self._ack(frame_id)
+            return
         peer = self._peer(sender)
         if peer is None:
+            self._remember_frame(frame_id, processed=True)
             self._ack(frame_id)
             return
 
@@ -676,11 +686,22 @@ class ChatClient:
         if peer.trust == TrustState.CHANGED and peer.refused is None:
             if len(peer.held) < HELD_FRAMES_PER_PEER:
                 peer.held.append((payload, frame_id))
+                self._remember_frame(frame_id, processed=False)
             return
 
         self._process(peer, payload, frame_id)
+        self._remember_frame(frame_id, processed=True)
         self._ack(frame_id)
         self._pump()
+
+    def _remember_frame(self, frame_id: int, *, processed: bool) -> None:
+        """Remember a stored frame's id (live frames have none), bounded."""
+        if not frame_id:
+            return
+        self._stored[frame_id] = processed
+        self._stored.move_to_end(frame_id)
+        while len(self._stored) > STORED_FRAME_IDS:
+            self._stored.popitem(last=False)
 
     def _ack(self, frame_id: int) -> None:
         if frame_id:
@@ -1267,6 +1288,7 @@ class ChatClient:
         while peer.held and peer.trust != TrustState.CHANGED:
             payload, frame_id = peer.held.popleft()
             self._process(peer, payload, frame_id)
+            self._remember_frame(frame_id, processed=True)
             self._ack(frame_id)
         self._pump()
         self._dirty.set()

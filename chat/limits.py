@@ -37,6 +37,7 @@ __all__ = [
     "RECONNECT_JITTER",
     "SEND_BURST",
     "SEND_RATE",
+    "STORED_FRAME_IDS",
     "TICK_SECONDS",
     "TRUST_FILE_MAX_BYTES",
 ]
@@ -67,6 +68,10 @@ RECONNECT_JITTER: Final = 0.5
 
 DEDUP_IDS_PER_PEER: Final = 4096
 """Message ids remembered per peer identity to hide resent duplicates."""
+
+STORED_FRAME_IDS: Final = 4096
+"""Ids of stored frames remembered (processed, or held until /trust), so that
+a frame the relay delivers again is dropped rather than processed twice."""
 
 HELD_FRAMES_PER_PEER: Final = 256
 """Frames kept unprocessed for a peer whose identity changed (until /trust)."""

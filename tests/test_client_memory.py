@@ -600,3 +600,44 @@ async def test_strangers_cannot_fill_the_peer_table_or_the_recipients(
     assert alice.find("delivered", id=message_id, complete=True)
     for drain in drains:
         drain.cancel()
+
+
+async def test_a_stored_frame_delivered_again_is_processed_once(room: Room) -> None:
+    alice, bob = await _pair(room)
+    await room.leave(bob)
+    impostor = room.join("bob", C, Identity.generate())
+    await room.hub.settle()
+    (alert,) = alice.find("alert", kind="identity-changed")
+
+    # Alice is away while the impostor writes: the frames wait in her
+    # mailbox, then are held (unacknowledged) when she comes back.
+    room.hub.refused.add(A)
+    room.hub.leave(A)
+    await room.hub.settle()
+    impostor.client.send_message("stored twice")
+    await room.hub.settle()
+    room.hub.refused.discard(A)
+    await room.hub.settle()
+
+    # Her link drops again: the relay delivers the same stored frames again.
+    room.hub.leave(A)
+    await room.hub.settle()
+    alice.client.accept_key(alert["peer"])
+    await room.hub.settle()
+
+    assert len(alice.find("reconnected")) == 2
+    assert len(alice.find("message", text="stored twice")) == 1
+    assert not alice.find("alert", kind="replay")
+
+
+async def test_a_processed_stored_frame_is_acknowledged_again_not_reprocessed(
+    room: Room,
+) -> None:
+    alice, _bob = await _pair(room)
+    garbage = b"\x01\x09" + bytes(30)  # processed: one "malformed" alert
+
+    alice.client._on_inbound(B, 9, garbage)
+    alice.client._on_inbound(B, 9, garbage)
+
+    assert len(alice.find("alert")) == 1
+    assert alice.client._acks.count(9) == 2
