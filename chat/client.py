@@ -196,6 +196,11 @@ def _trust_store_errors() -> Iterator[None]:
         raise CommandError(f"trust store: {exc}") from exc
 
 
+def _look(name: str) -> str:
+    """How a display name reads: '#' and '_' alike, case ignored."""
+    return name.replace("#", "_").casefold()
+
+
 def _hex_id(message_id: bytes) -> str:
     return message_id.hex()
 
@@ -481,7 +486,13 @@ class ChatClient:
         # After a failed handshake, try again a little later, a bounded number
         # of times: a meddling relay that makes every handshake fail must not
         # make us loop. The peer joining again resets the count.
-        if peer.failures >= HANDSHAKE_RETRY_LIMIT or peer.failed_at is None:
+        # Nor do we retry with a peer whose key the pin check refused: it
+        # would only learn our identity again (a returning peer starts).
+        if (
+            peer.failures >= HANDSHAKE_RETRY_LIMIT
+            or peer.failed_at is None
+            or peer.refused is not None
+        ):
             return
         if now - peer.failed_at >= HANDSHAKE_TIMEOUT_SECONDS / 2:
             self._start_handshake(peer)
@@ -1151,20 +1162,21 @@ class ChatClient:
         only if no rival is verified too; the others show `nick#` and the
         first five digits of their fingerprint. Nicknames hold no '#', so
         only a peer with that key shows those digits; should two names still
-        be equal (five digits found by search), they show the whole
-        fingerprint.
+        look alike ('_' for '#', or case; or five digits found by search),
+        they show the whole fingerprint.
         """
         peers = list(self._peers.values())
         names: dict[bytes, str] = {}
         for peer in peers:
             names[peer.address] = self._claimed_name(peer, peers, 5)
 
+        # Names are compared as a reader would: '_' for '#', any case.
         owners: dict[str, set[bytes]] = {}
         for peer in peers:
             key = peer.identity.key if peer.identity else peer.address
-            owners.setdefault(names[peer.address], set()).add(key)
+            owners.setdefault(_look(names[peer.address]), set()).add(key)
         for peer in peers:
-            if len(owners[names[peer.address]]) > 1:
+            if len(owners[_look(names[peer.address])]) > 1:
                 names[peer.address] = self._claimed_name(peer, peers, 30)
         return names
 
