@@ -642,3 +642,16 @@ async def test_a_processed_stored_frame_is_acknowledged_again_not_reprocessed(
 
     assert len(alice.find("alert")) == 1
     assert alice.client._acks.count(9) == 2
+
+
+async def test_no_handshake_is_retried_toward_a_refused_key(room: Room) -> None:
+    alice, bob = await _pair(room)
+    await room.leave(bob)
+    room.join("bob", B, Identity.generate())
+    await room.hub.settle()
+    peer = alice.client._peers[B]
+    assert peer.refused is not None and peer.failed_at is not None
+
+    alice.client._maybe_restart_handshake(peer, peer.failed_at + 3600)
+
+    assert peer.session is None
