@@ -8,10 +8,14 @@ store pins, on first contact:
 - the nickname the peer claimed, to that key;
 - the peer's address in a room (its mailbox address), to that key.
 
-A later session in which a pinned nickname or address shows a different key
-is `changed`: the client raises a loud alert and holds messages to and from
-that peer until the user accepts the new key (`/trust NICK`). `/verify NICK`
-compares the safety number out of band and marks the key verified.
+The key pinned to an address is what the client expects in every later
+handshake there (`pinned_at`), refused before CONFIRM when it differs
+(protocol.md section 5.2, step 4). A pinned nickname arrives only inside the
+channel: a later session in which it shows a different key is `changed`,
+and the client raises a loud alert and holds messages to and from that peer
+until the user accepts the new key (`/trust NICK`). `/verify NICK` compares
+the safety number out of band and marks the key verified under the nickname
+it has then; under another nickname it is unverified again.
 
 The store is a JSON file (mode 0600) in the home; it holds public keys only.
 """

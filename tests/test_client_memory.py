@@ -655,3 +655,16 @@ async def test_no_handshake_is_retried_toward_a_refused_key(room: Room) -> None:
     alice.client._maybe_restart_handshake(peer, peer.failed_at + 3600)
 
     assert peer.session is None
+
+
+async def test_a_stranger_past_the_peer_bound_gets_no_session(
+    room: Room, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr("chat.client.MAX_PEERS", 1)
+    alice, _bob = await _pair(room)
+    carol = room.join("carol", C)
+    await room.hub.settle()
+
+    assert not alice.find("secure", peer="carol")
+    assert not carol.find("secure", peer="alice")
+    assert [peer["peer"] for peer in alice.client.who() if peer["secure"]] == ["bob"]
