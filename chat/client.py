@@ -854,13 +854,15 @@ class ChatClient:
         peer.refused = exc.peer
         name = self._name(peer)
         pinned = self._trust.pinned_at(self._slot(peer))
-        if pinned is None and peer.accepted is None:
+        if pinned is not None or peer.accepted is not None:
+            what = f"the identity key pinned for {name}'s address changed"
+        elif peer.identity is not None:
+            what = f"{name} proved another identity key in a new handshake"
+        else:
             what = (
                 f"{name} is not the person who invited you: the invite code "
                 f"names fingerprint {self._expected}"
             )
-        else:
-            what = f"the identity key pinned for {name}'s address changed"
         self._emit(
             ClientEvent(
                 "alert",
@@ -924,6 +926,12 @@ class ChatClient:
             peer.session.close()
             self._dirty.set()
             return
+
+        # The pin check passed this time: a key refused before is not this
+        # peer's, and the trust decision is made afresh at its PROFILE.
+        if peer.refused is not None:
+            peer.refused = None
+            peer.trust = None
 
         # The handshake proved the key; the nickname follows inside the
         # channel, and the trust decision waits for it (it pins both).
@@ -1310,8 +1318,10 @@ class ChatClient:
         # the old key was pinned with, so that its PROFILE is not a second
         # change. Then a fresh handshake, expecting the new key.
         slot = self._slot(peer)
-        pinned = self._trust.pinned_at(slot)
-        name = None if pinned is None else self._trust.name_of(pinned)
+        previous = self._trust.pinned_at(slot)
+        if previous is None and peer.identity is not None:
+            previous = peer.identity.key
+        name = None if previous is None else self._trust.name_of(previous)
         self._trust.accept(key.key, name or None, slot)
         peer.accepted = key
         peer.refused = None

@@ -668,3 +668,43 @@ async def test_a_stranger_past_the_peer_bound_gets_no_session(
     assert not alice.find("secure", peer="carol")
     assert not carol.find("secure", peer="alice")
     assert [peer["peer"] for peer in alice.client.who() if peer["secure"]] == ["bob"]
+
+
+async def _refused_then_back(room: Room, bob: Member, nick: str) -> tuple[Member, str]:
+    """Another key at bob's address is refused and leaves; then bob's own key
+    comes back there as `nick` and sends a message. Returns him and its id."""
+    await room.leave(bob)
+    impostor = room.join("bob", B, Identity.generate())
+    await room.hub.settle()
+    await room.leave(impostor)
+    again = room.join(nick, B, bob.identity)
+    await room.hub.settle()
+    message_id = again.client.send_message("it was not me")
+    await room.hub.settle()
+    return again, message_id
+
+
+async def test_the_pinned_key_returning_after_a_refusal_is_welcome(
+    room: Room,
+) -> None:
+    alice, bob = await _pair(room)
+
+    _again, message_id = await _refused_then_back(room, bob, "bob")
+
+    assert len(alice.find("alert", kind="identity-changed")) == 1
+    assert len(alice.find("secure", peer="bob")) == 2
+    assert alice.find("message", id=message_id)
+    assert alice.client.who()[0]["trust"] == "unverified"
+
+
+async def test_a_refusal_does_not_unhold_a_later_name_change(room: Room) -> None:
+    alice, bob = await _pair(room)
+    room.join("carol", C)
+    await room.hub.settle()
+
+    # Bob's own key comes back to his address, but claims carol's name.
+    again, message_id = await _refused_then_back(room, bob, "carol")
+
+    assert len(alice.find("alert", kind="identity-changed")) == 2
+    assert not alice.find("message", id=message_id)
+    assert not again.find("delivered", id=message_id, to="alice")
