@@ -708,3 +708,18 @@ async def test_a_refusal_does_not_unhold_a_later_name_change(room: Room) -> None
     assert len(alice.find("alert", kind="identity-changed")) == 2
     assert not alice.find("message", id=message_id)
     assert not again.find("delivered", id=message_id, to="alice")
+
+
+async def test_trust_accepts_someone_else_in_an_invite_room(room: Room) -> None:
+    inviter = Identity.generate()
+    joiner = room.join("joiner", A, expected=inviter.public.fingerprint())
+    carol = room.join("carol", B)
+    await room.hub.settle()
+    (alert,) = joiner.find("alert", kind="identity-changed")
+
+    joiner.client.accept_key(alert["peer"])
+    await room.hub.settle()
+
+    (secure,) = joiner.find("secure", peer="carol")
+    assert secure["verified"] is False
+    assert secure["fingerprint"] == carol.identity.public.fingerprint()
