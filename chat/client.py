@@ -10,8 +10,10 @@ section 5), and it owns everything a session does not:
 - nicknames, exchanged inside the channel as a PROFILE payload (protocol.md
   section 7.4) once per session and never trusted for identity: the
   identity is the key proven in the handshake;
-- trust on first use (chat.trust): a peer whose key changed is held, its
-  frames left unprocessed and unacknowledged, until the user runs /trust;
+- trust on first use (chat.trust): the key pinned to a peer's address (or,
+  in an invite room, the inviter's fingerprint) is required in the
+  handshake, before CONFIRM; a peer whose pinned nickname shows a new key is
+  held, its frames left unprocessed and unacknowledged, until /trust;
 - an outbox with end-to-end receipts: a message leaves the outbox when every
   recipient's client has sent a receipt from inside the channel; resends
   carry the same message id, and the receiver shows an id once;
@@ -38,7 +40,7 @@ from typing import Any
 import nacl.utils
 
 from chat.core import frame_kind
-from chat.core.errors import PeerError, SaltchatError
+from chat.core.errors import KeyChanged, PeerError, SaltchatError
 from chat.core.identity import Identity, PublicIdentity, fingerprint_matches
 from chat.core.rooms import RoomKeys
 from chat.core.session import (
@@ -62,6 +64,7 @@ from chat.limits import (
     MAX_INPUT_LINE_BYTES,
     MAX_NICK_CHARS,
     MAX_PEERS,
+    MAX_STRANGERS,
     OUTBOX_MAX_BYTES,
     OUTBOX_MAX_MESSAGES,
     RECONNECT_BASE_SECONDS,
@@ -70,6 +73,7 @@ from chat.limits import (
     RECONNECT_JITTER,
     SEND_BURST,
     SEND_RATE,
+    STORED_FRAME_IDS,
     TICK_SECONDS,
 )
 from chat.steps import SessionSteps
@@ -155,10 +159,14 @@ def backoff_delays(
 
 
 def sanitize_nick(claim: str) -> str:
-    """Make a claimed nickname safe to print: printable, one line, bounded."""
+    """Make a claimed nickname safe to print: printable, one line, bounded.
+
+    '#' becomes '_': it is reserved for the fingerprint digits that tell
+    apart peers claiming one name (see `ChatClient._display_names`).
+    """
     kept = "".join(
         char
-        for char in claim
+        for char in claim.replace("#", "_")
         if not unicodedata.category(char).startswith(("C", "Z")) or char == " "
     )
     kept = "_".join(kept.split())[:MAX_NICK_CHARS]
@@ -179,8 +187,41 @@ def _rekey(session: Session, now: float) -> list[object]:
     return []
 
 
+@contextlib.contextmanager
+def _trust_store_errors() -> Iterator[None]:
+    """Turn a trust store that cannot be read or written into a command error
+    (the session and the interface stay up; nothing changed in memory)."""
+    try:
+        yield
+    except (TrustStoreError, OSError) as exc:
+        raise CommandError(f"trust store: {exc}") from exc
+
+
+def _look(name: str) -> str:
+    """How a display name reads: '#' and '_' alike, case ignored."""
+    return name.replace("#", "_").casefold()
+
+
 def _hex_id(message_id: bytes) -> str:
     return message_id.hex()
+
+
+def _eviction_order(peer: _Peer, now: float) -> tuple[bool, bool, float]:
+    """Which stranger to forget first (the smallest): one that left; then one
+    whose handshake is not under way (it never answered our HELLO, or timed
+    out), newest first, so that members announced earlier keep their place;
+    then the one whose handshake started first. A newcomer that answers is
+    under way within one round trip, and no longer first to go."""
+    session = peer.session
+    under_way = (
+        session is not None
+        and session.state not in (SessionState.IDLE, SessionState.HELLO_SENT)
+        and now - peer.started_at < HANDSHAKE_TIMEOUT_SECONDS
+    )
+    if under_way:
+        return (peer.present, True, peer.started_at)
+    newest = -peer.started_at if session is not None else float("-inf")
+    return (peer.present, False, newest)
 
 
 @dataclass
@@ -210,8 +251,10 @@ class _Peer:
     started_at: float = 0.0
     failed_at: float | None = None
     failures: int = 0
-    named_in: int = -1  # generation in which the peer's nickname arrived
+    named_by: Session | None = None  # session whose PROFILE named the peer
     warned: Session | None = None  # session whose failed handshake was reported
+    refused: PublicIdentity | None = None  # key the pin check refused, until /trust
+    accepted: PublicIdentity | None = None  # key the user accepted with /trust
     held: deque[tuple[bytes, int]] = field(default_factory=deque)
     early: deque[tuple[bytes, str]] = field(default_factory=deque)
     steps: SessionSteps = field(default_factory=SessionSteps)
@@ -238,6 +281,7 @@ class ChatClient:
         emit: Callable[[ClientEvent], None],
         expected_fingerprint: str | None = None,
         observer: Callable[[TeachingEvent], None] | None = None,
+        narrate_records: bool = False,
         clock: Callable[[], float] = time.monotonic,
         backoff: Callable[[], Iterator[float]] = backoff_delays,
         sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
@@ -252,8 +296,12 @@ class ChatClient:
             connect: opens a link (relay or direct), raising LinkError.
             emit: receives every ClientEvent, in order.
             expected_fingerprint: the inviter's fingerprint from an invite
-                code; a peer proving that identity is marked verified.
+                code: the handshake of every peer whose address has no pinned
+                key must prove it (else it is refused before CONFIRM), and
+                the peer proving it is marked verified.
             observer: receives the core's TeachingEvents (--show-handshake).
+            narrate_records: also pass the observer the "seal" and "open"
+                steps, which carry plaintext (the demo's teaching output).
             clock: monotonic time source handed to the core as `now`.
             backoff: factory of reconnect delay iterators.
             sleep: waits while sending is paced (seconds of `clock`).
@@ -266,6 +314,7 @@ class ChatClient:
         self._emit = emit
         self._expected = expected_fingerprint
         self._observer = observer
+        self._narrate_records = narrate_records
         self._clock = clock
         self._backoff = backoff
         self._sleep = sleep
@@ -273,6 +322,7 @@ class ChatClient:
         self._peers: dict[bytes, _Peer] = {}
         self._outbox: OrderedDict[bytes, _Outgoing] = OrderedDict()
         self._seen: dict[bytes, OrderedDict[bytes, None]] = {}
+        self._stored: OrderedDict[int, bool] = OrderedDict()  # frame id: processed
         self._link: Link | None = None
         self._acks: list[int] = []
         self._dirty = asyncio.Event()
@@ -442,7 +492,13 @@ class ChatClient:
         # After a failed handshake, try again a little later, a bounded number
         # of times: a meddling relay that makes every handshake fail must not
         # make us loop. The peer joining again resets the count.
-        if peer.failures >= HANDSHAKE_RETRY_LIMIT or peer.failed_at is None:
+        # Nor do we retry with a peer whose key the pin check refused: it
+        # would only learn our identity again (a returning peer starts).
+        if (
+            peer.failures >= HANDSHAKE_RETRY_LIMIT
+            or peer.failed_at is None
+            or peer.refused is not None
+        ):
             return
         if now - peer.failed_at >= HANDSHAKE_TIMEOUT_SECONDS / 2:
             self._start_handshake(peer)
@@ -478,9 +534,10 @@ class ChatClient:
     def undelivered(self) -> list[dict[str, Any]]:
         """Messages still waiting for a receipt, with who has not confirmed."""
         result = []
+        names = self._display_names()
         for item in self._outbox.values():
             waiting = [
-                self._name(self._peers[address])
+                names[address]
                 for address in item.sent_in
                 if address not in item.delivered and address in self._peers
             ]
@@ -552,24 +609,59 @@ class ChatClient:
         if peer is not None and peer.present:
             peer.present = False
             self._emit(ClientEvent("peer-left", {"peer": self._name(peer)}))
+            if self._is_stranger(peer) and peer.refused is None:
+                self._forget(peer)
+
+    def _is_stranger(self, peer: _Peer) -> bool:
+        """A peer not met: no handshake succeeded with it in this run, and no
+        key is pinned to its address. Anyone who knows the room id can make
+        the relay announce strangers, so they are bounded apart and forgotten
+        when they leave or to make room (see chat.limits.MAX_STRANGERS)."""
+        return (
+            peer.identity is None
+            and peer.accepted is None
+            and self._trust.pinned_at(self._slot(peer)) is None
+        )
 
     def _peer(self, address: bytes) -> _Peer | None:
         peer = self._peers.get(address)
-        if peer is None:
-            if len(self._peers) >= MAX_PEERS:
-                logger.warning("room has more than %d peers; ignoring one", MAX_PEERS)
-                return None
-            peer = self._peers[address] = _Peer(address)
+        if peer is not None:
+            return peer
+        peer = _Peer(address)
+        if self._is_stranger(peer):
+            strangers = [p for p in self._peers.values() if self._is_stranger(p)]
+            if len(strangers) >= MAX_STRANGERS:
+                now = self._clock()
+                self._forget(min(strangers, key=partial(_eviction_order, now=now)))
+        elif len(self._peers) - self._stranger_count() >= MAX_PEERS:
+            logger.warning("room has more than %d peers; ignoring one", MAX_PEERS)
+            return None
+        self._peers[address] = peer
         return peer
+
+    def _stranger_count(self) -> int:
+        return sum(1 for peer in self._peers.values() if self._is_stranger(peer))
+
+    def _forget(self, peer: _Peer) -> None:
+        # A stranger is never a recipient, so no outbox entry names it.
+        del self._peers[peer.address]
+        logger.debug("forgot %s, which never established a session", peer.label)
 
     def _new_session(self, peer: _Peer) -> Session:
         # Each session records its own steps for /keys (chat.steps).
         peer.steps = SessionSteps()
+        expected_peer, expected_fingerprint = self._expectation(peer)
         peer.session = Session(
             self._identity,
             self._room,
             now=self._clock(),
+            # /keys and --show-handshake show the handshake, never a
+            # record's plaintext: unless the demo asks, the core does not
+            # even build those steps.
             observer=partial(self._observe, peer.steps),
+            narrate_records=self._narrate_records,
+            expected_peer=expected_peer,
+            expected_fingerprint=expected_fingerprint,
             side=self.nick,
         )
         peer.started_at = self._clock()
@@ -581,6 +673,20 @@ class ChatClient:
         if self._observer is not None:
             self._observer(event)
 
+    def _expectation(self, peer: _Peer) -> tuple[PublicIdentity | None, str | None]:
+        """Who this peer must prove to be, checked before CONFIRM (5.2 step 4).
+
+        The key the user accepted with /trust, else the key pinned to the
+        peer's address, else (in a room joined with an invite code, for a
+        peer not met before) the inviter's fingerprint.
+        """
+        if peer.accepted is not None:
+            return peer.accepted, None
+        pinned = self._trust.pinned_at(self._slot(peer))
+        if pinned is not None:
+            return PublicIdentity(pinned), None
+        return None, self._expected
+
     def _start_handshake(self, peer: _Peer) -> None:
         self._new_session(peer).start()
         peer.failed_at = None
@@ -589,22 +695,41 @@ class ChatClient:
     # ---------------------------------------------------------- inbound frames
 
     def _on_inbound(self, sender: bytes, frame_id: int, payload: bytes) -> None:
+        # A stored frame may come again, after a reconnect or when it was
+        # stored as we joined (protocol.md section 19.4): drop the repeat,
+        # acknowledging again one already processed (that ACK may be lost).
+        if frame_id and frame_id in self._stored:
+            if self._stored[frame_id]:
+                self._ack(frame_id)
+            return
         peer = self._peer(sender)
         if peer is None:
+            self._remember_frame(frame_id, processed=True)
             self._ack(frame_id)
             return
 
         # A peer whose identity changed is held: its frames are kept
         # unprocessed and unacknowledged until /trust (or dropped past the
         # bound; stored ones stay in the relay's mailbox).
-        if peer.trust == TrustState.CHANGED:
+        if peer.trust == TrustState.CHANGED and peer.refused is None:
             if len(peer.held) < HELD_FRAMES_PER_PEER:
                 peer.held.append((payload, frame_id))
+                self._remember_frame(frame_id, processed=False)
             return
 
         self._process(peer, payload, frame_id)
+        self._remember_frame(frame_id, processed=True)
         self._ack(frame_id)
         self._pump()
+
+    def _remember_frame(self, frame_id: int, *, processed: bool) -> None:
+        """Remember a stored frame's id (live frames have none), bounded."""
+        if not frame_id:
+            return
+        self._stored[frame_id] = processed
+        self._stored.move_to_end(frame_id)
+        while len(self._stored) > STORED_FRAME_IDS:
+            self._stored.popitem(last=False)
 
     def _ack(self, frame_id: int) -> None:
         if frame_id:
@@ -655,6 +780,14 @@ class ChatClient:
         session = peer.session
         try:
             events = step() or []
+        except KeyChanged as exc:
+            self._refuse(peer, exc)
+            if peer.session is session:
+                peer.session = None
+                peer.ready = False
+                peer.failures += 1
+                peer.failed_at = self._clock()
+            return
         except PeerError as exc:
             if auth_stored is not None and exc.kind in _AUTH_FAILURES:
                 self._handshake_failed(peer, session, exc, stored=auth_stored)
@@ -723,6 +856,48 @@ class ChatClient:
             )
         )
 
+    def _refuse(self, peer: _Peer, exc: KeyChanged) -> None:
+        """Tell the user that a peer proved an identity other than expected.
+
+        The core refused it before sending CONFIRM (protocol.md section 5.2,
+        step 4): no session exists, and nothing but the handshake went to
+        it. The peer stays `changed` until /trust accepts the key.
+        """
+        peer.trust = TrustState.CHANGED
+        peer.ready = False
+        if peer.refused == exc.peer:
+            logger.info("%s proved the refused identity again", peer.label)
+            return
+        peer.refused = exc.peer
+        name = self._name(peer)
+        pinned = self._trust.pinned_at(self._slot(peer))
+        if pinned is not None or peer.accepted is not None:
+            what = f"the identity key pinned for {name}'s address changed"
+        elif peer.identity is not None:
+            what = f"{name} proved another identity key in a new handshake"
+        else:
+            what = (
+                f"{name} is not the person who invited you: the invite code "
+                f"names fingerprint {self._expected}"
+            )
+        self._emit(
+            ClientEvent(
+                "alert",
+                {
+                    "kind": "identity-changed",
+                    "peer": name,
+                    "detail": (
+                        f"{what}; this peer proved fingerprint "
+                        f"{exc.peer.fingerprint()}. No secure session was made "
+                        "and none of your messages went to it. Compare that "
+                        "fingerprint with its owner out of band before you "
+                        f"accept the new key with /trust {name}"
+                    ),
+                    "fingerprint": exc.peer.fingerprint(),
+                },
+            )
+        )
+
     def _alert(self, peer: _Peer, exc: PeerError) -> None:
         if exc.kind in _QUIET_KINDS:
             logger.debug("rejected a frame from %s: %s", peer.label, exc)
@@ -758,6 +933,23 @@ class ChatClient:
     def _on_established(
         self, peer: _Peer, identity: PublicIdentity, safety_number: str
     ) -> None:
+        # A stranger becomes a peer met: within MAX_PEERS, else it is closed.
+        if (
+            self._is_stranger(peer)
+            and len(self._peers) - self._stranger_count() >= MAX_PEERS
+        ):
+            logger.warning("room has more than %d peers; closing one", MAX_PEERS)
+            assert peer.session is not None
+            peer.session.close()
+            self._dirty.set()
+            return
+
+        # The pin check passed this time: a key refused before is not this
+        # peer's, and the trust decision is made afresh at its PROFILE.
+        if peer.refused is not None:
+            peer.refused = None
+            peer.trust = None
+
         # The handshake proved the key; the nickname follows inside the
         # channel, and the trust decision waits for it (it pins both).
         peer.identity = identity
@@ -800,12 +992,13 @@ class ChatClient:
         )
 
     def _on_profile(self, peer: _Peer, nickname: str) -> None:
-        # One nickname per session: a peer cannot rename itself mid-session
-        # (nor make us pin names, and write the trust store, without end).
-        if peer.identity is None or peer.named_in == peer.generation:
+        # One nickname per session object: a peer cannot rename itself
+        # mid-session, nor after each of our reconnects or rekeys (nor make
+        # us pin names, and write the trust store, without end).
+        if peer.identity is None or peer.named_by is peer.session:
             logger.debug("ignored a second profile from %s", peer.label)
             return
-        peer.named_in = peer.generation
+        peer.named_by = peer.session
         peer.nick = sanitize_nick(nickname)
         try:
             decision = self._trust.check(peer.identity.key, peer.nick, self._slot(peer))
@@ -849,10 +1042,14 @@ class ChatClient:
             and state != TrustState.VERIFIED
             and fingerprint_matches(peer.identity, self._expected)
         ):
-            self._trust.mark_verified(peer.identity.key)
-            state = TrustState.VERIFIED
+            try:
+                self._trust.mark_verified(peer.identity.key, peer.nick or peer.label)
+                state = TrustState.VERIFIED
+            except (TrustStoreError, OSError) as exc:
+                self._emit(ClientEvent("error", {"detail": f"trust store: {exc}"}))
         peer.trust = state
         peer.ready = True
+        peer.refused = None
         self._emit(
             ClientEvent(
                 "secure",
@@ -910,12 +1107,15 @@ class ChatClient:
             )
 
         # Recipients: every peer this client has met in the room, present or
-        # not (an absent one gets it from the mailbox or on its return). With
+        # not (an absent one gets it from the mailbox or on its return), and
+        # never a stranger, whom anyone knowing the room id can conjure. With
         # nobody met yet, the message goes to the first peer that is ready.
         message_id = nacl.utils.random(16)
-        item = _Outgoing(message_id, text, {address: 0 for address in self._peers})
+        recipients = [a for a, p in self._peers.items() if not self._is_stranger(p)]
+        item = _Outgoing(message_id, text, dict.fromkeys(recipients, 0))
         item.open = not item.sent_in
         self._outbox[message_id] = item
+        names = self._display_names()
         self.drained.clear()
         self._emit(
             ClientEvent(
@@ -923,7 +1123,7 @@ class ChatClient:
                 {
                     "id": _hex_id(message_id),
                     "text": text,
-                    "to": [self._name(self._peers[a]) for a in item.sent_in],
+                    "to": [names[address] for address in item.sent_in],
                 },
             )
         )
@@ -975,29 +1175,67 @@ class ChatClient:
     # --------------------------------------------------------------- commands
 
     def _name(self, peer: _Peer) -> str:
-        """The peer's display name: its nickname, made unique among the
-        peers present (two people may claim one name; keys tell them apart)."""
-        if peer.nick is None:
+        """The peer's display name (see `_display_names`)."""
+        return self._display_names().get(peer.address, peer.label)
+
+    def _display_names(self) -> dict[bytes, str]:
+        """Every peer's display name, one per identity, by address.
+
+        Two people may claim one nickname; keys tell them apart. When other
+        identities met in the room (present or not, held or not) claim the
+        same nickname, only a peer verified under it keeps the bare name, and
+        only if no rival is verified too; the others show `nick#` and the
+        first five digits of their fingerprint. Nicknames hold no '#', so
+        only a peer with that key shows those digits; should two names still
+        look alike ('_' for '#', or case; or five digits found by search),
+        they show the whole fingerprint.
+        """
+        peers = list(self._peers.values())
+        names: dict[bytes, str] = {}
+        for peer in peers:
+            names[peer.address] = self._claimed_name(peer, peers, 5)
+
+        # Names are compared as a reader would: '_' for '#', any case.
+        owners: dict[str, set[bytes]] = {}
+        for peer in peers:
+            key = peer.identity.key if peer.identity else peer.address
+            owners.setdefault(_look(names[peer.address]), set()).add(key)
+        for peer in peers:
+            if len(owners[_look(names[peer.address])]) > 1:
+                names[peer.address] = self._claimed_name(peer, peers, 30)
+        return names
+
+    @staticmethod
+    def _claimed_name(peer: _Peer, peers: list[_Peer], digits: int) -> str:
+        if peer.nick is None or peer.identity is None:
             return peer.label
-        clash = any(
-            other is not peer
-            and other.present
-            and other.nick == peer.nick
-            and other.identity != peer.identity
-            for other in self._peers.values()
+        rivals = [
+            other
+            for other in peers
+            if other.nick == peer.nick and other.identity not in (None, peer.identity)
+        ]
+        keeps = digits == 5 and (
+            not rivals
+            or (
+                peer.trust == TrustState.VERIFIED
+                and all(other.trust != TrustState.VERIFIED for other in rivals)
+            )
         )
-        if clash and peer.identity is not None:
-            return f"{peer.nick}#{peer.identity.fingerprint()[:5]}"
-        return peer.nick
+        if keeps:
+            return peer.nick
+        fingerprint = peer.identity.fingerprint().replace(" ", "")
+        return f"{peer.nick}#{fingerprint[:digits]}"
 
     def _find(self, name: str) -> _Peer:
-        # Exact display names first, then nicknames, preferring peers present.
+        # Exact display names first (one identity at two addresses: the one
+        # present), then nicknames; never a guess between two identities.
         peers = list(self._peers.values())
-        matches = [peer for peer in peers if self._name(peer) == name]
-        if not matches:
-            matches = [peer for peer in peers if name in (peer.nick, peer.label)]
+        names = self._display_names()
+        matches = [peer for peer in peers if names[peer.address] == name]
         if len(matches) > 1:
             matches = [peer for peer in matches if peer.present] or matches
+        if not matches:
+            matches = [peer for peer in peers if name in (peer.nick, peer.label)]
         if not matches:
             raise CommandError(f"no peer called {name!r}; /who lists the peers")
         if len(matches) > 1:
@@ -1008,9 +1246,10 @@ class ChatClient:
 
     def who(self) -> list[dict[str, Any]]:
         """Everyone this client has met in the room, with their state."""
+        names = self._display_names()
         return [
             {
-                "peer": self._name(peer),
+                "peer": names[peer.address],
                 "present": peer.present,
                 "secure": peer.ready,
                 "trust": str(peer.trust) if peer.trust else "unknown",
@@ -1026,11 +1265,17 @@ class ChatClient:
         60 digits the peer read out, compared here.
 
         Raises:
-            CommandError: unknown peer, no session yet, or digits that differ.
+            CommandError: unknown peer, no session or trust decision yet,
+                digits that differ, or a trust store that cannot be written.
         """
         peer = self._find(name)
         if peer.identity is None or peer.safety_number is None:
             raise CommandError(f"no secure session with {name} yet")
+        if peer.trust is None:
+            raise CommandError(
+                f"{name} has not told its nickname yet, so its key is not "
+                "pinned; wait for it to be shown as secure"
+            )
         result: dict[str, Any] = {
             "peer": self._name(peer),
             "safety_number": peer.safety_number,
@@ -1048,7 +1293,8 @@ class ChatClient:
             )
         if peer.trust == TrustState.CHANGED:
             raise CommandError(f"accept the new key first with /trust {name}")
-        self._trust.mark_verified(peer.identity.key)
+        with _trust_store_errors():
+            self._trust.mark_verified(peer.identity.key, peer.nick or peer.label)
         peer.trust = TrustState.VERIFIED
         result["verified"] = True
         return result
@@ -1057,26 +1303,56 @@ class ChatClient:
         """Accept a changed identity key (/trust) and release held messages.
 
         Raises:
-            CommandError: unknown peer, or its key has not changed.
+            CommandError: unknown peer, its key has not changed, or the trust
+                store cannot be written.
         """
         peer = self._find(name)
+        if peer.refused is not None:
+            with _trust_store_errors():
+                self._accept_refused(peer, peer.refused)
+            return
         if peer.trust != TrustState.CHANGED or peer.identity is None:
             raise CommandError(f"{name}'s key has not changed; nothing to accept")
-        self._trust.accept(peer.identity.key, peer.nick or peer.label, self._slot(peer))
-        self._become_ready(peer, self._trust.state_of(peer.identity.key))
+        with _trust_store_errors():
+            self._trust.accept(
+                peer.identity.key, peer.nick or peer.label, self._slot(peer)
+            )
+        self._become_ready(
+            peer, self._trust.state_of(peer.identity.key, peer.nick or peer.label)
+        )
 
         # Held frames are processed now, in order, and acknowledged.
         while peer.held and peer.trust != TrustState.CHANGED:
             payload, frame_id = peer.held.popleft()
             self._process(peer, payload, frame_id)
+            self._remember_frame(frame_id, processed=True)
             self._ack(frame_id)
         self._pump()
+        self._dirty.set()
+
+    def _accept_refused(self, peer: _Peer, key: PublicIdentity) -> None:
+        # The new key takes the old one's place: its address, and the name
+        # the old key was pinned with, so that its PROFILE is not a second
+        # change. Then a fresh handshake, expecting the new key.
+        slot = self._slot(peer)
+        previous = self._trust.pinned_at(slot)
+        if previous is None and peer.identity is not None:
+            previous = peer.identity.key
+        name = None if previous is None else self._trust.name_of(previous)
+        self._trust.accept(key.key, name or None, slot)
+        peer.accepted = key
+        peer.refused = None
+        peer.trust = None
+        peer.failures = 0
+        if self._link is not None and peer.present:
+            self._start_handshake(peer)
         self._dirty.set()
 
     def keys(self) -> dict[str, Any]:
         """The security panel: per-session statistics and the steps that
         established the session (public values, short hashes), never a key."""
         sessions = []
+        names = self._display_names()
         for peer in self._peers.values():
             session = peer.session
             if session is None:
@@ -1084,7 +1360,7 @@ class ChatClient:
             stats = session.stats
             sessions.append(
                 {
-                    "peer": self._name(peer),
+                    "peer": names[peer.address],
                     "state": session.state.name.lower(),
                     "epoch": stats.epoch,
                     "sent_in_epoch": stats.sent_in_epoch,

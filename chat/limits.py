@@ -22,10 +22,12 @@ __all__ = [
     "HELD_FRAMES_PER_PEER",
     "MAX_COMMAND_BYTES",
     "MAX_INPUT_LINE_BYTES",
+    "MAX_NAMES_PER_KEY",
     "MAX_NICK_CHARS",
     "MAX_PASSPHRASE_BYTES",
     "MAX_PEERS",
     "MAX_ROOM_NAME_BYTES",
+    "MAX_STRANGERS",
     "MAX_TRUST_ENTRIES",
     "OUTBOX_MAX_BYTES",
     "OUTBOX_MAX_MESSAGES",
@@ -37,6 +39,7 @@ __all__ = [
     "REKEY_STEPS_KEPT",
     "SEND_BURST",
     "SEND_RATE",
+    "STORED_FRAME_IDS",
     "TICK_SECONDS",
     "TRUST_FILE_MAX_BYTES",
 ]
@@ -67,6 +70,10 @@ RECONNECT_JITTER: Final = 0.5
 
 DEDUP_IDS_PER_PEER: Final = 4096
 """Message ids remembered per peer identity to hide resent duplicates."""
+
+STORED_FRAME_IDS: Final = 4096
+"""Ids of stored frames remembered (processed, or held until /trust), so that
+a frame the relay delivers again is dropped rather than processed twice."""
 
 HELD_FRAMES_PER_PEER: Final = 256
 """Frames kept unprocessed for a peer whose identity changed (until /trust)."""
@@ -100,7 +107,15 @@ TICK_SECONDS: Final = 1.0
 """How often sessions are ticked (time-based rekey, handshake timeouts)."""
 
 MAX_PEERS: Final = 64
-"""Peers the client keeps a session with in one room."""
+"""Peers met in one room (a handshake with them succeeded in this run, or a
+key is pinned to their address) that the client keeps a session with."""
+
+MAX_STRANGERS: Final = 32
+"""Members announced by the relay with whom no handshake has succeeded yet:
+anyone who knows the room id can announce them, so they count apart from
+MAX_PEERS, are never recipients, and are forgotten when they leave; past the
+bound a newcomer takes the place of an absent one, else of one whose
+handshake is not under way (the newest such), else of the oldest."""
 
 MAX_NICK_CHARS: Final = 32
 """Longest nickname shown; longer claims are cut."""
@@ -123,6 +138,10 @@ PASSPHRASE_ATTEMPTS: Final = 3
 
 MAX_TRUST_ENTRIES: Final = 10000
 """Identities pinned in the trust store."""
+
+MAX_NAMES_PER_KEY: Final = 8
+"""Nicknames pinned to one identity key; further claims are shown but not
+pinned, so a peer that renames itself cannot fill the trust store."""
 
 TRUST_FILE_MAX_BYTES: Final = 4 * 1024 * 1024
 """Largest trust store file read from disk."""

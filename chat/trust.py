@@ -8,10 +8,14 @@ store pins, on first contact:
 - the nickname the peer claimed, to that key;
 - the peer's address in a room (its mailbox address), to that key.
 
-A later session in which a pinned nickname or address shows a different key
-is `changed`: the client raises a loud alert and holds messages to and from
-that peer until the user accepts the new key (`/trust NICK`). `/verify NICK`
-compares the safety number out of band and marks the key verified.
+The key pinned to an address is what the client expects in every later
+handshake there (`pinned_at`), refused before CONFIRM when it differs
+(protocol.md section 5.2, step 4). A pinned nickname arrives only inside the
+channel: a later session in which it shows a different key is `changed`,
+and the client raises a loud alert and holds messages to and from that peer
+until the user accepts the new key (`/trust NICK`). `/verify NICK` compares
+the safety number out of band and marks the key verified under the nickname
+it has then; under another nickname it is unverified again.
 
 The store is a JSON file (mode 0600) in the home; it holds public keys only.
 """
@@ -26,7 +30,7 @@ from pathlib import Path
 from typing import Any
 
 from chat.home import write_private
-from chat.limits import MAX_TRUST_ENTRIES, TRUST_FILE_MAX_BYTES
+from chat.limits import MAX_NAMES_PER_KEY, MAX_TRUST_ENTRIES, TRUST_FILE_MAX_BYTES
 
 __all__ = ["TrustDecision", "TrustState", "TrustStore", "TrustStoreError"]
 
@@ -58,6 +62,13 @@ class TrustDecision:
     state: TrustState
     previous_key: bytes | None = None
     pinned_by: str | None = None
+
+
+def _check_key(value: Any) -> str:
+    """A pinned key as stored: 64 hex digits (raises ValueError otherwise)."""
+    if not isinstance(value, str) or len(bytes.fromhex(value)) != 32:
+        raise ValueError(f"{value!r} is not an identity key")
+    return value
 
 
 class TrustStore:
@@ -100,14 +111,17 @@ class TrustStore:
             if data.get("version") != _VERSION:
                 raise TrustStoreError("unsupported trust store version")
             for key, record in data["identities"].items():
-                bytes.fromhex(key)
+                _check_key(key)
                 self._identities[key] = {
                     "verified": bool(record["verified"]),
                     "name": str(record["name"]),
                     "first_seen": float(record["first_seen"]),
+                    "verified_name": str(record.get("verified_name", record["name"])),
                 }
-            self._names = {str(k): str(v) for k, v in data["names"].items()}
-            self._addresses = {str(k): str(v) for k, v in data["addresses"].items()}
+            self._names = {str(k): _check_key(v) for k, v in data["names"].items()}
+            self._addresses = {
+                str(k): _check_key(v) for k, v in data["addresses"].items()
+            }
         except (AttributeError, KeyError, TypeError, ValueError) as exc:
             raise TrustStoreError(f"trust store is malformed: {exc}") from exc
 
@@ -150,23 +164,51 @@ class TrustStore:
                 )
 
         self._pin(key_hex, name, slot)
-        return TrustDecision(self.state_of(key))
+        return TrustDecision(self.state_of(key, name))
 
-    def accept(self, key: bytes, name: str, slot: str | None) -> None:
+    def accept(self, key: bytes, name: str | None, slot: str | None) -> None:
         """Pin `key` for `name` and `slot`, replacing any earlier pin (/trust).
 
         The accepted key starts unverified: accepting a change is not the
         same as comparing safety numbers.
+
+        Args:
+            key: the new identity key.
+            name: the nickname to pin to it, or None when the peer has not
+                named itself yet (its key was refused before CONFIRM).
+            slot: as for `check`.
         """
         self._pin(key.hex(), name, slot, replace=True)
 
+    def pinned_at(self, slot: str | None) -> bytes | None:
+        """The identity key pinned to a peer's place, if any.
+
+        The client expects this key in every handshake at that place, so a
+        different one is refused before CONFIRM (protocol.md section 5.2).
+        """
+        pinned = self._addresses.get(slot) if slot else None
+        return None if pinned is None else bytes.fromhex(pinned)
+
+    def name_of(self, key: bytes) -> str | None:
+        """The nickname `key` claimed when it was first pinned, if pinned."""
+        record = self._identities.get(key.hex())
+        return None if record is None else str(record["name"])
+
     def _pin(
-        self, key_hex: str, name: str, slot: str | None, replace: bool = False
+        self, key_hex: str, name: str | None, slot: str | None, replace: bool = False
     ) -> None:
+        # A key keeps at most MAX_NAMES_PER_KEY names; past it a new claim is
+        # not pinned (it stays a label), so renaming cannot fill the store.
+        if (
+            name
+            and name not in self._names
+            and self._name_count(key_hex) >= MAX_NAMES_PER_KEY
+        ):
+            name = None
         sizes = (len(self._identities), len(self._names), len(self._addresses))
         new = (
             key_hex not in self._identities
-            or name not in self._names
+            or bool(name and name not in self._names)
             or bool(slot and slot not in self._addresses)
         )
         if new and max(sizes) >= MAX_TRUST_ENTRIES:
@@ -178,10 +220,11 @@ class TrustStore:
         if key_hex not in self._identities:
             self._identities[key_hex] = {
                 "verified": False,
-                "name": name,
+                "name": name or "",
                 "first_seen": time.time(),
+                "verified_name": "",
             }
-        if replace or name not in self._names:
+        if name and (replace or name not in self._names):
             self._names[name] = key_hex
         if slot and (replace or slot not in self._addresses):
             self._addresses[slot] = key_hex
@@ -189,17 +232,31 @@ class TrustStore:
         if replace or after != sizes:
             self.save()
 
-    def mark_verified(self, key: bytes) -> None:
-        """Record that the user compared the safety number for `key`."""
+    def _name_count(self, key_hex: str) -> int:
+        return sum(1 for pinned in self._names.values() if pinned == key_hex)
+
+    def mark_verified(self, key: bytes, name: str) -> None:
+        """Record that the user compared the safety number for `key`, which
+        then called itself `name`."""
         record = self._identities.get(key.hex())
         if record is None:
             raise TrustStoreError("that identity is not pinned yet")
         record["verified"] = True
+        record["verified_name"] = name
         self.save()
 
-    def state_of(self, key: bytes) -> TrustState:
-        """The state of a pinned key: verified or unverified."""
+    def state_of(self, key: bytes, name: str) -> TrustState:
+        """The state of a pinned key under the nickname it claims now.
+
+        Verified only under the name it had when the user verified it: the
+        key is what was checked, but the user checked it as that person, so
+        a new name is shown unverified until it is verified again.
+        """
         record = self._identities.get(key.hex())
-        if record is not None and record["verified"]:
+        if (
+            record is not None
+            and record["verified"]
+            and record["verified_name"] == name
+        ):
             return TrustState.VERIFIED
         return TrustState.UNVERIFIED

@@ -132,6 +132,16 @@ async def test_group_of_three_fans_out_to_each(cluster: Cluster) -> None:
     assert done["complete"] is True
 
 
+def _copy_mailbox_token(cluster: Cluster, source: str, target: str) -> None:
+    """Give home `target` the mailbox tokens (room addresses) of `source`."""
+    rooms = cluster.tmp / target / "rooms"
+    rooms.mkdir(mode=0o700, parents=True)
+    for token in (cluster.tmp / source / "rooms").iterdir():
+        copy = rooms / token.name
+        copy.write_bytes(token.read_bytes())
+        copy.chmod(0o600)
+
+
 async def test_identity_change_raises_alert_and_holds_messages(
     cluster: Cluster,
 ) -> None:
@@ -139,27 +149,40 @@ async def test_identity_change_raises_alert_and_holds_messages(
     alice, bob = await _pair(cluster, relay.url)
     await bob.quit()
     await alice.wait_for("peer-left", peer="bob")
+    await alice.say("for bob only")
+    await alice.wait_for("sent", text="for bob only")
 
-    # Someone else (a new identity) now claims the name "bob".
+    # Someone else (a new identity) answers at bob's address, with his name:
+    # what a relay that lies about senders, or a stolen token, looks like.
+    _copy_mailbox_token(cluster, "bob", "other-bob")
     impostor = await cluster.client(
         "bob", "--relay", relay.url, "--room", "test-room", home="other-bob"
     )
     alert = await alice.wait_for("alert", kind="identity-changed")
-    await impostor.wait_for("secure", peer="alice")
     await impostor.say("trust me")
     await impostor.wait_for("sent", text="trust me")
+    await impostor.say("/who")
+    who = await impostor.wait_for("who")
 
+    # Refused before CONFIRM (protocol.md section 5.2): the impostor never
+    # got a session, a message, or alice's name.
     assert alert["peer"] == "bob"
+    assert who["peers"] and not any(peer["secure"] for peer in who["peers"])
+    assert not impostor.find("secure")
+    assert not impostor.find("message")
     assert not alice.find("message", text="trust me")
+
     await alice.say("/trust bob")
     await alice.wait_for("secure", count=2, peer="bob")
     await alice.wait_for("message", text="trust me")
     await impostor.wait_for("delivered")
+    await impostor.wait_for("message", text="for bob only")
 
     secure_at = alice.events.index(alice.find("secure", peer="bob")[1])
     message_at = alice.events.index(alice.find("message", text="trust me")[0])
     assert message_at > secure_at
     assert len(alice.find("message", text="trust me")) == 1
+    assert len(alice.find("alert")) == 1
 
 
 async def _meddler(relay_url: str) -> tuple[str, asyncio.AbstractServer]:
@@ -221,6 +244,31 @@ async def test_invite_join_verifies_the_inviter(cluster: Cluster) -> None:
     assert secure["trust"] == "verified"
 
 
+async def test_invite_join_refuses_someone_else_with_the_code(
+    cluster: Cluster,
+) -> None:
+    relay = await cluster.relay()
+    alice = await cluster.client("alice", "invite", "--relay", relay.url)
+    code = (await alice.wait_for("invite"))["code"]
+    await alice.wait_for("ready")
+    await alice.quit()
+
+    # Mallory holds the code too, and answers in alice's place.
+    mallory = await cluster.client("alice", "join", code, home="mallory")
+    await mallory.wait_for("ready")
+    bob = await cluster.client("bob", "join", code)
+    await bob.say("secret plan")
+    alert = await bob.wait_for("alert", kind="identity-changed")
+    await mallory.say("/who")
+    who = await mallory.wait_for("who")
+
+    assert "invited you" in alert["detail"]
+    assert who["peers"] and not any(peer["secure"] for peer in who["peers"])
+    assert not bob.find("secure")
+    assert not mallory.find("secure")
+    assert not mallory.find("message")
+
+
 async def test_invite_join_catches_a_key_substituting_relay(cluster: Cluster) -> None:
     relay = await cluster.relay()
     alice = await cluster.client("alice", "invite", "--relay", relay.url)
@@ -231,10 +279,13 @@ async def test_invite_join_catches_a_key_substituting_relay(cluster: Cluster) ->
         bob = await cluster.client("bob", "join", code, "--relay", meddler_url)
         # The swapped key breaks the AUTH that the room secret keys
         # (protocol.md section 5.2): it does not authenticate on either side.
+        await bob.say("secret plan")
         alert = await bob.wait_for("alert", kind="handshake-failed")
         await alice.wait_for("alert", kind="handshake-failed")
         await bob.say("/who")
         who = await bob.wait_for("who")
+        await alice.say("/who")
+        await alice.wait_for("who")
     finally:
         meddler.close()
 
@@ -243,6 +294,8 @@ async def test_invite_join_catches_a_key_substituting_relay(cluster: Cluster) ->
     assert not bob.find("alert", kind="forgery")
     assert not alice.find("alert", kind="forgery")
     assert not bob.find("secure")
+    assert not alice.find("secure")
+    assert not alice.find("message")
     assert all(not peer["secure"] for peer in who["peers"])
 
 

@@ -14,11 +14,13 @@ import nacl.utils
 import pytest
 
 from chat.client import ChatClient, ClientEvent, CommandError
+from chat.commands import handle_line
 from chat.core.channel import record_nonce
 from chat.core.frames import unpad
-from chat.core.identity import Identity
+from chat.core.identity import Identity, PublicIdentity
 from chat.core.rooms import RoomKeys
-from chat.trust import TrustStore
+from chat.limits import MAX_PEERS, MAX_STRANGERS
+from chat.trust import TrustStore, TrustStoreError
 from tests.client_helpers import MemoryHub
 
 ROOM = RoomKeys.from_name("memory-room")
@@ -51,7 +53,11 @@ class Room:
         self.trust: dict[bytes, TrustStore] = {}
 
     def join(
-        self, nick: str, address: bytes, identity: Identity | None = None
+        self,
+        nick: str,
+        address: bytes,
+        identity: Identity | None = None,
+        expected: str | None = None,
     ) -> Member:
         identity = identity or Identity.generate()
         events: list[ClientEvent] = []
@@ -63,6 +69,7 @@ class Room:
             trust=trust,
             connect=self.hub.connector(address),
             emit=events.append,
+            expected_fingerprint=expected,
             backoff=_no_wait,
         )
         member = Member(client, address, identity, events)
@@ -135,23 +142,100 @@ async def test_a_resent_message_is_shown_once(room: Room) -> None:
     assert alice.find("reconnected")
 
 
-async def test_changed_identity_holds_frames_until_trust(room: Room) -> None:
+def _kinds_sent(room: Room, sender: bytes, recipient: bytes) -> list[int]:
+    """Record the type byte of every frame from `sender` to `recipient`."""
+    kinds: list[int] = []
+
+    def tap(source: bytes, to: bytes, payload: bytes) -> bytes:
+        if (source, to) == (sender, recipient):
+            kinds.append(payload[1])
+        return payload
+
+    room.hub.tap = tap
+    return kinds
+
+
+async def test_a_new_key_at_a_pinned_address_gets_no_confirm(room: Room) -> None:
     alice, bob = await _pair(room)
     await room.leave(bob)
     await room.hub.settle()
+    waiting = alice.client.send_message("for bob only")
+    kinds = _kinds_sent(room, A, B)
 
     impostor = room.join("bob", B, Identity.generate())
     await room.hub.settle()
-    assert alice.find("alert", kind="identity-changed", peer="bob")
     message_id = impostor.client.send_message("let me in")
     await room.hub.settle()
 
+    # The pin is checked before CONFIRM (protocol.md section 5.2, step 4):
+    # the impostor got handshake frames (HELLO, AUTH) and no record at all.
+    (alert,) = alice.find("alert", kind="identity-changed", peer="bob")
+    assert impostor.identity.public.fingerprint() in alert["detail"]
+    assert kinds and set(kinds) <= {1, 2}
+    assert not impostor.find("secure")
+    assert not impostor.find("message")
     assert not alice.find("message", text="let me in")
-    assert not impostor.find("delivered", id=message_id)
+
     alice.client.accept_key("bob")
     await room.hub.settle()
     assert len(alice.find("message", text="let me in")) == 1
     assert impostor.find("delivered", id=message_id)
+    assert impostor.find("message", id=waiting)
+    assert len(alice.find("alert")) == 1
+
+
+async def test_a_new_key_claiming_a_pinned_name_is_held(room: Room) -> None:
+    alice, bob = await _pair(room)
+    await room.leave(bob)
+    await room.hub.settle()
+    kinds = _kinds_sent(room, A, C)
+
+    # A new address and a new key: only the nickname, which arrives inside
+    # the channel, shows the change; then everything is held.
+    impostor = room.join("bob", C, Identity.generate())
+    await room.hub.settle()
+    (alert,) = alice.find("alert", kind="identity-changed")
+    records = kinds.count(3)
+    message_id = impostor.client.send_message("let me in")
+    alice.client.send_message("for bob only")
+    await room.hub.settle()
+
+    assert not alice.find("message", text="let me in")
+    assert not impostor.find("delivered", id=message_id)
+    assert not impostor.find("message")
+    assert kinds.count(3) == records
+    alice.client.accept_key(alert["peer"])
+    await room.hub.settle()
+    assert len(alice.find("message", text="let me in")) == 1
+    assert impostor.find("delivered", id=message_id)
+
+
+async def test_an_invite_refuses_a_peer_that_is_not_the_inviter(room: Room) -> None:
+    inviter = Identity.generate()
+    kinds = _kinds_sent(room, A, B)
+    joiner = room.join("joiner", A, expected=inviter.public.fingerprint())
+    joiner.client.send_message("secret plan")
+    mallory = room.join("alice", B)
+    await room.hub.settle()
+
+    (alert,) = joiner.find("alert")
+    assert alert["kind"] == "identity-changed"
+    assert "invited you" in alert["detail"]
+    assert not joiner.find("secure")
+    assert not mallory.find("secure")
+    assert not mallory.find("message")
+    assert set(kinds) <= {1, 2}
+
+
+async def test_an_invite_marks_the_inviter_verified(room: Room) -> None:
+    inviter = Identity.generate()
+    joiner = room.join("joiner", A, expected=inviter.public.fingerprint())
+    room.join("alice", B, inviter)
+    await room.hub.settle()
+
+    (secure,) = joiner.find("secure")
+    assert secure["verified"] is True
+    assert not joiner.find("alert")
 
 
 async def test_outbox_keeps_messages_until_a_peer_arrives(room: Room) -> None:
@@ -342,3 +426,300 @@ async def test_a_key_swapping_relay_is_one_alert_on_each_side(room: Room) -> Non
         (alert,) = member.find("alert")
         assert alert["kind"] == "handshake-failed"
         assert not member.find("secure")
+
+
+async def test_verify_waits_for_the_trust_decision(
+    room: Room, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Bob completes the handshake but never sends his nickname.
+    alice = room.join("alice", A)
+    bob = room.join("bob", B)
+    monkeypatch.setattr(bob.client, "_on_established", lambda *_args: None)
+    await room.hub.settle()
+    (peer,) = alice.client.who()
+
+    outcome = handle_line(alice.client, f"/verify {peer['peer']} yes")
+
+    (event,) = outcome.events
+    assert event.event == "error"
+    assert "not told its nickname" in event.fields["detail"]
+    assert alice.client.who()[0]["trust"] == "unknown"
+
+
+def _failing(*_args: object) -> None:
+    raise TrustStoreError("trust store is full")
+
+
+async def test_verify_with_a_failing_trust_store_is_an_error(
+    room: Room, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    alice, _bob = await _pair(room)
+    monkeypatch.setattr(room.trust[A], "mark_verified", _failing)
+
+    (event,) = handle_line(alice.client, "/verify bob yes").events
+
+    assert event.event == "error"
+    assert "trust store is full" in event.fields["detail"]
+    assert alice.client.who()[0]["trust"] == "unverified"
+
+
+async def test_trust_with_a_failing_trust_store_is_an_error(
+    room: Room, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    alice, bob = await _pair(room)
+    await room.leave(bob)
+    room.join("bob", C, Identity.generate())
+    await room.hub.settle()
+    (alert,) = alice.find("alert", kind="identity-changed")
+    monkeypatch.setattr(room.trust[A], "accept", _failing)
+
+    (event,) = handle_line(alice.client, f"/trust {alert['peer']}").events
+
+    assert event.event == "error"
+    assert "trust store is full" in event.fields["detail"]
+
+
+async def test_clashing_names_show_fingerprint_digits_and_never_collide(
+    room: Room,
+) -> None:
+    alice, bob = await _pair(room)
+    room.join("bob", C, Identity.generate())  # held as changed, but present
+    await room.hub.settle()
+    digits = bob.identity.public.fingerprint()[:5]
+    spoof = room.join(f"bob#{digits}", b"D" * 32)
+    await room.hub.settle()
+
+    names = {peer["fingerprint"]: peer["peer"] for peer in alice.client.who()}
+    assert len(names) == 3
+    shown = {name.replace("#", "_").casefold() for name in names.values()}
+    assert len(shown) == len(names)
+    assert names[bob.identity.public.fingerprint()].startswith(f"bob#{digits}")
+    assert names[spoof.identity.public.fingerprint()].startswith(f"bob_{digits}#")
+
+
+async def test_a_verified_peer_keeps_its_name_against_rivals(room: Room) -> None:
+    alice, bob = await _pair(room)
+    alice.client.verify("bob", "yes")
+    impostor = room.join("bob", C, Identity.generate())
+    await room.hub.settle()
+
+    names = {peer["fingerprint"]: peer["peer"] for peer in alice.client.who()}
+    assert names[bob.identity.public.fingerprint()] == "bob"
+    fingerprint = impostor.identity.public.fingerprint()
+    assert names[fingerprint] == "bob#" + fingerprint[:5]
+
+
+async def test_verified_does_not_follow_the_key_to_a_new_name(room: Room) -> None:
+    alice, bob = await _pair(room)
+    alice.client.verify("bob", "yes")
+    await room.leave(bob)
+    await room.hub.settle()
+
+    room.join("robert", B, bob.identity)
+    await room.hub.settle()
+
+    (secure,) = alice.find("secure", peer="robert")
+    assert secure["verified"] is False
+    assert secure["trust"] == "unverified"
+
+
+async def test_equal_five_digit_suffixes_show_the_whole_fingerprint(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # Two keys whose fingerprints share their first five digits (an attacker
+    # can search for one), both claiming "bob".
+    fingerprints = {b"1" * 32: "11111 22222", b"2" * 32: "11111 33333"}
+    monkeypatch.setattr(
+        PublicIdentity, "fingerprint", lambda self: fingerprints[self.key]
+    )
+    client = ChatClient(
+        identity=Identity.generate(),
+        room=ROOM,
+        nick="alice",
+        trust=TrustStore(None),
+        connect=MemoryHub().connector(A),
+        emit=lambda _event: None,
+    )
+    for address, key in ((B, b"1" * 32), (C, b"2" * 32)):
+        peer = client._peer(address)
+        assert peer is not None
+        peer.nick, peer.identity = "bob", PublicIdentity(key)
+
+    assert sorted(client._display_names().values()) == [
+        "bob#1111122222",
+        "bob#1111133333",
+    ]
+
+
+async def test_a_peer_cannot_rename_itself_after_our_reconnects(room: Room) -> None:
+    alice, bob = await _pair(room)
+    for n in range(3):
+        room.hub.leave(A)  # the relay drops alice; she reconnects and rekeys
+        await room.hub.settle()
+        session = bob.client._peers[A].session
+        assert session is not None
+        session.send_profile(f"name{n}", 0.0)
+        bob.client._dirty.set()
+        await room.hub.settle()
+
+    assert len(alice.find("reconnected")) == 3
+    assert [peer["peer"] for peer in alice.client.who()] == ["bob"]
+    assert sorted(room.trust[A]._names) == ["bob"]
+
+
+async def _drain(queue: asyncio.Queue[Any]) -> None:
+    """Read a queue for ever: a member with no client behind it."""
+    while True:
+        await queue.get()
+
+
+async def test_strangers_cannot_fill_the_peer_table_or_the_recipients(
+    room: Room,
+) -> None:
+    alice = room.join("alice", A)
+    await room.hub.settle()
+
+    # Anyone who knows the room id can make the relay announce members that
+    # never complete a handshake: some leave again, some stay.
+    drains = []
+    for n in range(MAX_PEERS + 8):
+        fake = b"%03d" % n + bytes(29)
+        drains.append(asyncio.create_task(_drain(room.hub.join(fake).queue)))
+        if n % 2:
+            room.hub.leave(fake)
+    await room.hub.settle()
+    bob = room.join("bob", B)
+    await room.hub.settle()
+    message_id = alice.client.send_message("hello bob")
+    await room.hub.settle()
+
+    assert alice.find("secure", peer="bob")
+    assert len(alice.client._peers) <= MAX_STRANGERS + 1
+    (sent,) = alice.find("sent")
+    assert sent["to"] == ["bob"]
+    assert bob.find("message", id=message_id)
+    assert alice.find("delivered", id=message_id, complete=True)
+    for drain in drains:
+        drain.cancel()
+
+
+async def test_a_stored_frame_delivered_again_is_processed_once(room: Room) -> None:
+    alice, bob = await _pair(room)
+    await room.leave(bob)
+    impostor = room.join("bob", C, Identity.generate())
+    await room.hub.settle()
+    (alert,) = alice.find("alert", kind="identity-changed")
+
+    # Alice is away while the impostor writes: the frames wait in her
+    # mailbox, then are held (unacknowledged) when she comes back.
+    room.hub.refused.add(A)
+    room.hub.leave(A)
+    await room.hub.settle()
+    impostor.client.send_message("stored twice")
+    await room.hub.settle()
+    room.hub.refused.discard(A)
+    await room.hub.settle()
+
+    # Her link drops again: the relay delivers the same stored frames again.
+    room.hub.leave(A)
+    await room.hub.settle()
+    alice.client.accept_key(alert["peer"])
+    await room.hub.settle()
+
+    assert len(alice.find("reconnected")) == 2
+    assert len(alice.find("message", text="stored twice")) == 1
+    assert not alice.find("alert", kind="replay")
+
+
+async def test_a_processed_stored_frame_is_acknowledged_again_not_reprocessed(
+    room: Room,
+) -> None:
+    alice, _bob = await _pair(room)
+    garbage = b"\x01\x09" + bytes(30)  # processed: one "malformed" alert
+
+    alice.client._on_inbound(B, 9, garbage)
+    alice.client._on_inbound(B, 9, garbage)
+
+    assert len(alice.find("alert")) == 1
+    assert alice.client._acks.count(9) == 2
+
+
+async def test_no_handshake_is_retried_toward_a_refused_key(room: Room) -> None:
+    alice, bob = await _pair(room)
+    await room.leave(bob)
+    room.join("bob", B, Identity.generate())
+    await room.hub.settle()
+    peer = alice.client._peers[B]
+    assert peer.refused is not None and peer.failed_at is not None
+
+    alice.client._maybe_restart_handshake(peer, peer.failed_at + 3600)
+
+    assert peer.session is None
+
+
+async def test_a_stranger_past_the_peer_bound_gets_no_session(
+    room: Room, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr("chat.client.MAX_PEERS", 1)
+    alice, _bob = await _pair(room)
+    carol = room.join("carol", C)
+    await room.hub.settle()
+
+    assert not alice.find("secure", peer="carol")
+    assert not carol.find("secure", peer="alice")
+    assert [peer["peer"] for peer in alice.client.who() if peer["secure"]] == ["bob"]
+
+
+async def _refused_then_back(room: Room, bob: Member, nick: str) -> tuple[Member, str]:
+    """Another key at bob's address is refused and leaves; then bob's own key
+    comes back there as `nick` and sends a message. Returns him and its id."""
+    await room.leave(bob)
+    impostor = room.join("bob", B, Identity.generate())
+    await room.hub.settle()
+    await room.leave(impostor)
+    again = room.join(nick, B, bob.identity)
+    await room.hub.settle()
+    message_id = again.client.send_message("it was not me")
+    await room.hub.settle()
+    return again, message_id
+
+
+async def test_the_pinned_key_returning_after_a_refusal_is_welcome(
+    room: Room,
+) -> None:
+    alice, bob = await _pair(room)
+
+    _again, message_id = await _refused_then_back(room, bob, "bob")
+
+    assert len(alice.find("alert", kind="identity-changed")) == 1
+    assert len(alice.find("secure", peer="bob")) == 2
+    assert alice.find("message", id=message_id)
+    assert alice.client.who()[0]["trust"] == "unverified"
+
+
+async def test_a_refusal_does_not_unhold_a_later_name_change(room: Room) -> None:
+    alice, bob = await _pair(room)
+    room.join("carol", C)
+    await room.hub.settle()
+
+    # Bob's own key comes back to his address, but claims carol's name.
+    again, message_id = await _refused_then_back(room, bob, "carol")
+
+    assert len(alice.find("alert", kind="identity-changed")) == 2
+    assert not alice.find("message", id=message_id)
+    assert not again.find("delivered", id=message_id, to="alice")
+
+
+async def test_trust_accepts_someone_else_in_an_invite_room(room: Room) -> None:
+    inviter = Identity.generate()
+    joiner = room.join("joiner", A, expected=inviter.public.fingerprint())
+    carol = room.join("carol", B)
+    await room.hub.settle()
+    (alert,) = joiner.find("alert", kind="identity-changed")
+
+    joiner.client.accept_key(alert["peer"])
+    await room.hub.settle()
+
+    (secure,) = joiner.find("secure", peer="carol")
+    assert secure["verified"] is False
+    assert secure["fingerprint"] == carol.identity.public.fingerprint()

@@ -23,7 +23,11 @@ from chat.client import (
 )
 from chat.home import Home, resolve_home
 from chat.invite import Invite, InviteError, decode_invite, encode_invite
-from chat.limits import MAX_INPUT_LINE_BYTES, RECONNECT_CAP_SECONDS
+from chat.limits import (
+    MAX_INPUT_LINE_BYTES,
+    MAX_NAMES_PER_KEY,
+    RECONNECT_CAP_SECONDS,
+)
 from chat.trust import TrustState, TrustStore, TrustStoreError
 from chat.ui.lines import read_lines
 from chat.ui.plain import PlainRenderer, describe
@@ -120,9 +124,56 @@ def test_accepting_a_changed_key_pins_it(tmp_path: Path) -> None:
 def test_verified_state_is_kept(tmp_path: Path) -> None:
     store = TrustStore(tmp_path / "trust.json")
     store.check(b"k" * 32, "bob", "room:a1")
-    store.mark_verified(b"k" * 32)
+    store.mark_verified(b"k" * 32, "bob")
     reloaded = TrustStore.load(tmp_path / "trust.json")
     assert reloaded.check(b"k" * 32, "bob", "room:a1").state == TrustState.VERIFIED
+
+
+def test_a_verified_key_under_a_new_name_is_unverified() -> None:
+    store = TrustStore(None)
+    store.check(b"k" * 32, "bob", "room:a1")
+    store.mark_verified(b"k" * 32, "bob")
+
+    assert store.check(b"k" * 32, "alice", "room:a2").state == TrustState.UNVERIFIED
+    assert store.check(b"k" * 32, "bob", "room:a2").state == TrustState.VERIFIED
+
+
+def test_the_key_pinned_at_an_address_is_what_handshakes_expect() -> None:
+    store = TrustStore(None)
+    store.check(b"k" * 32, "bob", "room:a1")
+
+    assert store.pinned_at("room:a1") == b"k" * 32
+    assert store.pinned_at("room:a2") is None
+    assert store.pinned_at(None) is None
+
+
+def test_accepting_a_key_before_its_name_pins_the_address_only() -> None:
+    store = TrustStore(None)
+    store.check(b"k" * 32, "bob", "room:a1")
+    store.accept(b"x" * 32, None, "room:a1")
+
+    assert store.pinned_at("room:a1") == b"x" * 32
+    assert store.check(b"x" * 32, "robert", "room:a1").state == TrustState.UNVERIFIED
+    assert store.check(b"x" * 32, "bob", "room:a1").pinned_by == "name"
+
+
+def test_a_pin_that_is_not_a_key_is_refused_at_load(tmp_path: Path) -> None:
+    store = TrustStore(tmp_path / "trust.json")
+    store.check(b"k" * 32, "bob", "room:a1")
+    text = (tmp_path / "trust.json").read_text()
+    (tmp_path / "trust.json").write_text(text.replace((b"k" * 32).hex(), "6b6b", 1))
+
+    with pytest.raises(TrustStoreError, match="malformed"):
+        TrustStore.load(tmp_path / "trust.json")
+
+
+def test_names_pinned_to_one_key_are_bounded() -> None:
+    store = TrustStore(None)
+    for n in range(MAX_NAMES_PER_KEY + 3):
+        assert store.check(b"k" * 32, f"name{n}", None).state != TrustState.CHANGED
+
+    pinned = [n for n in range(MAX_NAMES_PER_KEY + 3) if store._names.get(f"name{n}")]
+    assert len(pinned) == MAX_NAMES_PER_KEY
 
 
 def test_corrupt_trust_store_is_a_clear_error(tmp_path: Path) -> None:
@@ -186,6 +237,10 @@ def test_backoff_jitter_lowers_the_delay_by_at_most_half() -> None:
     jittered = list(itertools.islice(backoff_delays(rng=lambda: 0.999), 5))
     for full, low in zip(nominal, jittered, strict=True):
         assert full / 2 <= low < full
+
+
+def test_nick_cannot_hold_the_fingerprint_separator() -> None:
+    assert sanitize_nick("bob#12345") == "bob_12345"
 
 
 def test_nick_is_made_printable_and_bounded() -> None:

@@ -26,6 +26,7 @@ from chat.core import schedule
 from chat.core.channel import Channel, EpochKeys, Opened, record_nonce
 from chat.core.errors import (
     CounterExhausted,
+    KeyChanged,
     LocalError,
     MalformedFrame,
     MessageTooLarge,
@@ -55,7 +56,12 @@ from chat.core.frames import (
     parse_payload,
 )
 from chat.core.handshake import Handshake
-from chat.core.identity import Identity, PublicIdentity, safety_number
+from chat.core.identity import (
+    Identity,
+    PublicIdentity,
+    fingerprint_matches,
+    safety_number,
+)
 from chat.core.limits import (
     CANDIDATE_INTERVAL_SECONDS,
     HANDSHAKE_JITTER,
@@ -233,7 +239,11 @@ class Session:
         now: The caller's clock, in seconds.
         random: Source of random bytes (inject a deterministic one for vectors).
         observer: Receives teaching events; see :mod:`chat.core.teaching`.
-        expected_peer: The identity this peer must prove (pinned or invited).
+        expected_peer: The identity this peer must prove (a pinned key).
+        expected_fingerprint: The fingerprint the peer's identity must have
+            (the one an invite code names), when its key is not known yet.
+        narrate_records: Whether the observer also gets the "seal" and
+            "open" steps, which carry plaintext; only the demo wants them.
         side: Our label in teaching events.
     """
 
@@ -246,6 +256,8 @@ class Session:
         random: Callable[[int], bytes] = nacl.utils.random,
         observer: Observer | None = None,
         expected_peer: PublicIdentity | None = None,
+        expected_fingerprint: str | None = None,
+        narrate_records: bool = True,
         side: str = "me",
     ) -> None:
         self._identity = identity
@@ -253,6 +265,8 @@ class Session:
         self._random = random
         self._observer = observer
         self._expected_peer = expected_peer
+        self._expected_fingerprint = expected_fingerprint
+        self._narrate_records = narrate_records
         self._side = side
         self._now = now
         self._terminal: SessionState | None = None
@@ -616,6 +630,7 @@ class Session:
     ) -> list[Event]:
         # R4: the pin is checked before we send CONFIRM (section 5.2).
         peer = handshake.verify_auth(frame, self._identity, expected)
+        self._check_fingerprint(peer)
         channel = handshake.finish(peer, self._identity, frame, self._now)
         self._seal(channel, Confirm())
         self._keep_confirm(handshake, 0, self._outbox[-1])
@@ -627,6 +642,17 @@ class Session:
                 **_key_hashes(channel.epochs[0]),
             )
         return []
+
+    def _check_fingerprint(self, peer: PublicIdentity) -> None:
+        # The invite's half of the pin check (section 5.2, step 4): only a
+        # fingerprint is known, so the proved key is hashed and compared.
+        expected = self._expected_fingerprint
+        if expected is not None and not fingerprint_matches(peer, expected):
+            raise KeyChanged(
+                f"the peer proved identity {peer.fingerprint()}, "
+                f"not the expected {expected}",
+                peer=peer,
+            )
 
     def _tick_handshakes(self, now: float) -> None:
         # R3: restart an attempt that did not complete in time (section 5.5).
@@ -711,7 +737,7 @@ class Session:
             handshake = candidate
 
         payload = parse_payload(opened.plaintext)
-        if self._observer is not None:
+        if self._observer is not None and self._narrate_records:
             self._teach(
                 "open",
                 epoch=str(opened.epoch),
@@ -775,7 +801,7 @@ class Session:
         plaintext = encode_payload(payload)
         frame = channel.seal(plaintext, epoch)
         self._outbox.append(frame)
-        if self._observer is not None:
+        if self._observer is not None and self._narrate_records:
             self._teach(
                 "seal",
                 epoch=str(int.from_bytes(frame[2:6], "big")),

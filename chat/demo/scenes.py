@@ -204,6 +204,7 @@ class Demo:
             connect=lambda: connect_relay(url, room.room_id, token),
             emit=emit,
             observer=observe,
+            narrate_records=True,
             clock=self._clock,
         )
         person.task = asyncio.create_task(person.client.run())

@@ -165,6 +165,30 @@ def test_expected_peer_that_matches_establishes() -> None:
     assert alice.state is S.ESTABLISHED
 
 
+def test_unexpected_fingerprint_sends_no_confirm() -> None:
+    alice = make_session(ALICE, expected_fingerprint=BOB.public.fingerprint())
+    mallory = make_session(MALLORY)
+    hello_m, auth_m = answered(alice, mallory)
+    alice.receive(hello_m, 0)
+    alice.frames_to_send()
+
+    with pytest.raises(KeyChanged) as caught:
+        alice.receive(auth_m, 0)
+
+    assert caught.value.peer == MALLORY.public
+    assert alice.state is S.FAILED
+    assert alice.frames_to_send() == []
+
+
+def test_expected_fingerprint_that_matches_establishes() -> None:
+    typed = BOB.public.fingerprint().replace(" ", "-")
+    alice = make_session(ALICE, expected_fingerprint=typed)
+    bob = make_session(BOB)
+    alice.start()
+    pump(alice, bob, 0)
+    assert alice.state is S.ESTABLISHED
+
+
 def test_auth_with_a_bad_signature_is_fatal() -> None:
     alice, bob = make_session(ALICE), make_session(BOB)
     hello_b, _ = answered(alice, bob)

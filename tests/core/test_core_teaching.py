@@ -7,10 +7,12 @@ from chat.core.teaching import STEPS
 from tests.core.core_support import ALICE, BOB, make_session, pump
 
 
-def narrate() -> list[TeachingEvent]:
+def narrate(*, records: bool = True) -> list[TeachingEvent]:
     seen: list[TeachingEvent] = []
-    alice = make_session(ALICE, observer=seen.append, side="alice")
-    bob = make_session(BOB, observer=seen.append, side="bob")
+    alice = make_session(
+        ALICE, observer=seen.append, side="alice", narrate_records=records
+    )
+    bob = make_session(BOB, observer=seen.append, side="bob", narrate_records=records)
     alice.start()
     pump(alice, bob, 0)
     alice.send_text("hello", 1)
@@ -35,3 +37,10 @@ def test_seal_shows_nonce_and_ciphertext() -> None:
     seal = next(e for e in narrate() if e.step == "seal" and e.side == "alice")
     assert len(bytes.fromhex(seal.fields["nonce"])) == 24
     assert seal.fields["ciphertext"]
+
+
+def test_records_are_not_narrated_unless_asked() -> None:
+    # "seal" and "open" carry plaintext: only the demo asks for them.
+    steps = {event.step for event in narrate(records=False)}
+    assert "established" in steps
+    assert not steps & {"seal", "open"}
