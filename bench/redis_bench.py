@@ -149,6 +149,14 @@ class Relay(Saltchat):
             "100000000",
             "--mailbox-max-bytes",
             str(10**12),
+            "--mailbox-sender-frames",
+            "100000000",
+            "--mailbox-sender-bytes",
+            str(10**12),
+            "--store-max-frames",
+            "100000000",
+            "--store-max-bytes",
+            str(10**12),
         ]
         if self.redis is not None:
             command += ["--redis", self.redis, "--redis-prefix", "bench"]

@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 
 from chat.envelope import PresenceKind, encode_deliver
-from server.backends.base import MailboxFull, RoomFull, StorageUnavailable
+from server.backends.base import RoomFull, StorageFull, StorageUnavailable
 from server.backends.redis import RedisFanout, RedisLink, RedisMailbox
 from server.backends.redis.link import redacted
 from server.backends.redis.mailbox import frame_id_of, stream_id_of
@@ -57,54 +57,15 @@ async def mailbox(link: RedisLink, clock: Clock) -> RedisMailbox:
     return RedisMailbox(link, ttl=100, max_frames=3, max_bytes=10, clock=clock)
 
 
-# The mailbox: the same guarantees as the SQLite one.
+# The mailbox: the cases shared with SQLite run in tests/test_relay_backends.py;
+# these look inside Redis.
 
 
-async def test_store_then_fetch_oldest_first(mailbox: RedisMailbox) -> None:
-    first = await mailbox.store(ROOM, BOB, ALICE, b"one")
-    second = await mailbox.store(ROOM, BOB, ALICE, b"two")
-    frames = await mailbox.fetch(ROOM, BOB, 0, 10)
-    assert [(f.frame_id, f.payload, f.sender) for f in frames] == [
-        (first, b"one", ALICE),
-        (second, b"two", ALICE),
-    ]
-    assert 0 < first < second
-
-
-async def test_fetch_after_and_limit(mailbox: RedisMailbox) -> None:
-    ids = [await mailbox.store(ROOM, BOB, ALICE, b"%d" % n) for n in range(3)]
-    frames = await mailbox.fetch(ROOM, BOB, ids[0], 1)
-    assert [f.frame_id for f in frames] == [ids[1]]
-
-
-async def test_mailboxes_are_per_room_and_recipient(mailbox: RedisMailbox) -> None:
-    await mailbox.store(ROOM, BOB, ALICE, b"bob")
-    assert await mailbox.fetch(ROOM, ALICE, 0, 10) == []
-    assert await mailbox.fetch(OTHER_ROOM, BOB, 0, 10) == []
-
-
-async def test_ack_deletes_only_the_owners_frame(mailbox: RedisMailbox) -> None:
-    frame_id = await mailbox.store(ROOM, BOB, ALICE, b"x")
-    assert not await mailbox.ack(ROOM, ALICE, frame_id)
-    assert not await mailbox.ack(OTHER_ROOM, BOB, frame_id)
-    assert await mailbox.ack(ROOM, BOB, frame_id)
-    assert await mailbox.fetch(ROOM, BOB, 0, 10) == []
-    assert not await mailbox.ack(ROOM, BOB, frame_id)
-
-
-async def test_ack_of_any_64_bit_id_is_harmless(mailbox: RedisMailbox) -> None:
-    await mailbox.store(ROOM, BOB, ALICE, b"x")
-    for frame_id in (1, 2**64 - 1, 2**63):
-        assert not await mailbox.ack(ROOM, BOB, frame_id)
-    assert len(await mailbox.fetch(ROOM, BOB, 0, 10)) == 1
-
-
-async def test_frame_ids_are_never_reused(mailbox: RedisMailbox, clock: Clock) -> None:
+async def test_frame_ids_grow_even_when_this_relays_clock_is_behind(
+    mailbox: RedisMailbox, clock: Clock
+) -> None:
     frame_id = await mailbox.store(ROOM, BOB, ALICE, b"x")
     await mailbox.ack(ROOM, BOB, frame_id)
-    assert await mailbox.store(ROOM, BOB, ALICE, b"y") > frame_id
-
-    # Even when this relay's clock is behind the last stored frame.
     clock.now -= 50
     assert await mailbox.store(ROOM, BOB, ALICE, b"z") > frame_id
 
@@ -114,40 +75,6 @@ async def test_frame_id_maps_to_a_stream_id_and_back() -> None:
         assert stream_id_of(frame_id_of(stream_id)).encode() == stream_id
 
 
-async def test_cap_in_frames_refuses(mailbox: RedisMailbox) -> None:
-    for _ in range(3):
-        await mailbox.store(ROOM, BOB, ALICE, b"x")
-    with pytest.raises(MailboxFull, match="maximum of 3 frames"):
-        await mailbox.store(ROOM, BOB, ALICE, b"x")
-    await mailbox.store(ROOM, ALICE, BOB, b"x")
-
-
-async def test_cap_in_bytes_refuses(mailbox: RedisMailbox) -> None:
-    await mailbox.store(ROOM, BOB, ALICE, b"123456")
-    with pytest.raises(MailboxFull):
-        await mailbox.store(ROOM, BOB, ALICE, b"12345")
-    await mailbox.store(ROOM, BOB, ALICE, b"1234")
-
-
-async def test_acked_frames_free_the_caps(mailbox: RedisMailbox) -> None:
-    first = await mailbox.store(ROOM, BOB, ALICE, b"1234567890")
-    await mailbox.ack(ROOM, BOB, first)
-    await mailbox.store(ROOM, BOB, ALICE, b"1234567890")
-
-
-async def test_expired_frames_vanish_and_are_purged(
-    mailbox: RedisMailbox, clock: Clock
-) -> None:
-    await mailbox.store(ROOM, BOB, ALICE, b"old")
-    clock.now += 50
-    await mailbox.store(ROOM, BOB, ALICE, b"new")
-    clock.now += 51
-    assert [f.payload for f in await mailbox.fetch(ROOM, BOB, 0, 10)] == [b"new"]
-    assert await mailbox.purge_expired() == 1
-    depth = await mailbox.depth()
-    assert (depth.frames, depth.bytes) == (1, 3)
-
-
 async def test_purge_empties_and_forgets_fully_expired_mailboxes(
     mailbox: RedisMailbox, link: RedisLink, clock: Clock
 ) -> None:
@@ -155,10 +82,13 @@ async def test_purge_empties_and_forgets_fully_expired_mailboxes(
     clock.now += 101
     assert await mailbox.purge_expired() == 1
     stream, sizes = link.mailbox(ROOM, BOB)
-    assert await link.client.exists(stream, sizes, link.index) == 0
+    senders = stream + b":senders"
+    assert await link.client.exists(stream, sizes, senders, link.index) == 0
 
 
-async def test_expired_frames_free_the_cap(mailbox: RedisMailbox, clock: Clock) -> None:
+async def test_storing_drops_the_mailboxs_expired_frames_at_once(
+    mailbox: RedisMailbox, clock: Clock
+) -> None:
     for _ in range(3):
         await mailbox.store(ROOM, BOB, ALICE, b"x")
     clock.now += 101
@@ -166,26 +96,84 @@ async def test_expired_frames_free_the_cap(mailbox: RedisMailbox, clock: Clock) 
     assert (await mailbox.depth()).frames == 1
 
 
-async def test_membership_expires_after_ttl_since_last_seen(
-    mailbox: RedisMailbox, clock: Clock
+def _bounded(link: RedisLink, clock: Clock) -> RedisMailbox:
+    """A mailbox with a probation (60 s) much shorter than its ttl (1000 s)."""
+    return RedisMailbox(
+        link,
+        ttl=1000,
+        max_frames=10,
+        max_bytes=100,
+        sender_frames=5,
+        sender_bytes=50,
+        total_frames=5,
+        total_bytes=50,
+        probation=60,
+        clock=clock,
+    )
+
+
+async def test_membership_records_expire_by_themselves(
+    link: RedisLink, clock: Clock
 ) -> None:
-    assert not await mailbox.is_member(ROOM, BOB)
-    await mailbox.remember(ROOM, BOB)
-    clock.now += 99
-    assert await mailbox.is_member(ROOM, BOB)
-    await mailbox.remember(ROOM, BOB)
-    clock.now += 99
-    assert await mailbox.is_member(ROOM, BOB)
-    clock.now += 2
-    assert not await mailbox.is_member(ROOM, BOB)
-    assert not await mailbox.is_member(OTHER_ROOM, BOB)
+    # Redis removes them: unused after the probation, used after the ttl.
+    mailbox = _bounded(link, clock)
+    await mailbox.remember(ROOM, ALICE)
+    await mailbox.remember(ROOM, BOB, used=True)
+    assert 0 < await link.client.pttl(link.member(ROOM, ALICE)) <= 60_000
+    assert 60_000 < await link.client.pttl(link.member(ROOM, BOB)) <= 1_000_000
+
+    # A frame stored for Alice makes her record last the ttl too.
+    await mailbox.store(ROOM, ALICE, BOB, b"x")
+    assert 60_000 < await link.client.pttl(link.member(ROOM, ALICE)) <= 1_000_000
 
 
-async def test_depth_counts_frames_and_bytes(mailbox: RedisMailbox) -> None:
-    await mailbox.store(ROOM, BOB, ALICE, b"123")
-    await mailbox.store(ROOM, ALICE, BOB, b"45")
-    depth = await mailbox.depth()
-    assert (depth.frames, depth.bytes) == (2, 5)
+async def test_membership_records_written_before_probation_keep_the_ttl(
+    link: RedisLink, clock: Clock
+) -> None:
+    # Such a record holds the time it was seen alone, without "used".
+    await link.client.set(link.member(ROOM, BOB), repr(clock.now))
+    mailbox = _bounded(link, clock)
+    await mailbox.remember(ROOM, BOB)
+    clock.now += 999
+    assert await mailbox.is_member(ROOM, BOB)
+
+
+async def test_a_frame_for_a_present_member_not_yet_recorded_marks_it_used(
+    redis_server: RedisServer, link: RedisLink, clock: Clock
+) -> None:
+    # Bob joined on another relay, which has not written his record yet.
+    await link.client.zadd(link.room(ROOM).present, {BOB: 2**50})
+    mailbox = _bounded(link, clock)
+    assert await mailbox.is_member(ROOM, BOB)
+    await mailbox.store(ROOM, BOB, ALICE, b"x")
+
+    # That relay's record, written now, keeps the mark: Bob lasts the ttl.
+    other_link = RedisLink.open(
+        redis_server.url, prefix=_prefix_of(link), timeout=2, connections=4
+    )
+    other = _bounded(other_link, clock)
+    await other.remember(ROOM, BOB)
+    await link.client.zrem(link.room(ROOM).present, BOB)
+    clock.now += 999
+    assert await other.is_member(ROOM, BOB)
+    await other.close()
+
+
+async def test_relays_sharing_a_store_never_overshoot_the_overall_cap(
+    redis_server: RedisServer, link: RedisLink, clock: Clock
+) -> None:
+    other_link = RedisLink.open(
+        redis_server.url, prefix=_prefix_of(link), timeout=2, connections=4
+    )
+    relays = [_bounded(link, clock), _bounded(other_link, clock)]
+    stores = [
+        relays[n % 2].store(ROOM, bytes([n]) * 32, ALICE, b"x") for n in range(20)
+    ]
+    outcomes = await asyncio.gather(*stores, return_exceptions=True)
+    assert sum(isinstance(o, int) for o in outcomes) == 5
+    assert all(isinstance(o, int | StorageFull) for o in outcomes)
+    assert (await relays[0].depth()).frames == 5
+    await other_link.close()
 
 
 async def test_a_frame_stored_through_one_relay_is_fetched_through_another(

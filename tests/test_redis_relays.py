@@ -38,9 +38,10 @@ def start_relay(
     prefix = "test-" + os.urandom(6).hex()
     started: list[RelayProcess] = []
 
-    def start(server: RedisServer = redis_server) -> RelayProcess:
+    def start(server: RedisServer = redis_server, *extra: str) -> RelayProcess:
         number = len(started)
         argv = redis_relay_argv(server.url, prefix, tmp_path / f"data-{number}")
+        argv.extend(extra)
         process = RelayProcess(argv, tmp_path / f"relay-{number}.log")
         started.append(process)
         process.wait_serving()
@@ -185,6 +186,29 @@ async def test_frames_stored_through_one_relay_are_fetched_through_another(
     assert again.stored == {}
     await again.close()
     await alice.close()
+
+
+async def test_a_full_store_refuses_through_every_relay_and_stays_healthy(
+    start_relay: Start, redis_server: RedisServer
+) -> None:
+    # The overall cap is one frame across both relays.
+    cap = ("--store-max-frames", "1")
+    first, second = start_relay(redis_server, *cap), start_relay(redis_server, *cap)
+    room_id = os.urandom(32)
+    alice = await Peer.join(first.url, room_id)
+    carol = await Peer.join(second.url, room_id)
+    bob = await Peer.join(first.url, room_id)
+    await bob.close()
+    await alice.wait(lambda: len(alice.presence) == 3, "carol, and bob come and go")
+
+    assert await alice.send(bob.address, b"kept") == Status.STORED
+    assert await carol.send(bob.address, b"refused") == Status.STORAGE_UNAVAILABLE
+    for relay in (first, second):
+        assert http_get(relay.url, "/healthz")[0] == 200
+    _, body = http_get(second.url, "/metrics")
+    assert 'saltchat_relay_drops_total{reason="storage_full"} 1.0' in body
+    await alice.close()
+    await carol.close()
 
 
 async def test_redis_stopped_and_restarted(start_relay: Start, tmp_path: Path) -> None:

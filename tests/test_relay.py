@@ -263,6 +263,18 @@ async def test_ack_of_someone_elses_frame_deletes_nothing(tmp_path: Path) -> Non
         assert (await back.deliver()).payload == b"mine"
 
 
+async def test_ack_of_the_largest_frame_id_keeps_the_connection(
+    tmp_path: Path,
+) -> None:
+    async with running_relay(tmp_path) as relay:
+        room_id = room()
+        client = await Client.open(relay.url)
+        await client.join(room_id)
+        await client.send(encode(Ack(room_id, 2**64 - 1)))
+        await client.send_to(room_id, BROADCAST, b"sync", send_id=7)
+        assert (await client.result()).send_id == 7
+
+
 async def test_unknown_recipient_is_refused(tmp_path: Path) -> None:
     async with running_relay(tmp_path) as relay:
         room_id = room()

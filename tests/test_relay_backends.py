@@ -1,9 +1,17 @@
-"""The embedded backends: SQLite mailbox and in-process fan-out."""
+"""The mailbox on either backend, and the embedded in-process fan-out.
+
+The mailbox cases run against every `Mailbox` implementation: the SQLite
+one and the Redis one (on the session's real redis-server, one key prefix
+per test), since both must behave the same. Cases that look inside one
+store stay with that store (here for SQLite, tests/test_redis_backends.py
+for Redis).
+"""
 
 from __future__ import annotations
 
+import os
 import sqlite3
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
@@ -11,6 +19,7 @@ import pytest
 
 from chat.envelope import PresenceKind
 from server.backends.base import (
+    Mailbox,
     MailboxDepth,
     MailboxFull,
     RoomFull,
@@ -18,6 +27,7 @@ from server.backends.base import (
     StorageUnavailable,
 )
 from server.backends.memory import MemoryFanout
+from server.backends.redis import RedisLink, RedisMailbox
 from server.backends.sqlite import SqliteMailbox
 
 ROOM = b"r" * 32
@@ -42,17 +52,68 @@ def clock() -> Clock:
     return Clock()
 
 
-@pytest.fixture
-async def mailbox(tmp_path: Path, clock: Clock) -> AsyncIterator[SqliteMailbox]:
-    store = SqliteMailbox(
-        tmp_path / "mail.sqlite3", ttl=100, max_frames=3, max_bytes=10, clock=clock
+Make = Callable[..., Awaitable[Mailbox]]
+"""Opens a mailbox with the given settings on the test's one store."""
+
+SMALL: dict[str, Any] = {"ttl": 100, "max_frames": 3, "max_bytes": 10}
+"""Settings of `mailbox`: caps of one mailbox only."""
+
+BOUNDED: dict[str, Any] = {
+    "ttl": 1000,
+    "max_frames": 10,
+    "max_bytes": 100,
+    "sender_frames": 2,
+    "sender_bytes": 10,
+    "total_frames": 5,
+    "total_bytes": 30,
+    "probation": 60,
+}
+"""Settings of `bounded`: every cap of its own, see each test."""
+
+
+@pytest.fixture(params=["sqlite", "redis"])
+async def make(
+    request: pytest.FixtureRequest, tmp_path: Path, clock: Clock
+) -> AsyncIterator[Make]:
+    """Open mailboxes of one backend sharing one store (a file or a prefix).
+
+    Mailboxes opened one after the other stand for a relay restarting on
+    the same store, or (Redis) for several relays sharing it.
+    """
+    server = (
+        request.getfixturevalue("redis_server") if request.param == "redis" else None
     )
-    await store.open()
-    yield store
-    await store.close()
+    prefix = "test-" + os.urandom(6).hex()
+    opened: list[Mailbox] = []
+
+    async def open_mailbox(**settings: Any) -> Mailbox:
+        store: Mailbox
+        if server is None:
+            sqlite = SqliteMailbox(tmp_path / "mail.sqlite3", clock=clock, **settings)
+            await sqlite.open()
+            store = sqlite
+        else:
+            link = RedisLink.open(server.url, prefix=prefix, timeout=2, connections=4)
+            store = RedisMailbox(link, clock=clock, **settings)
+        opened.append(store)
+        return store
+
+    yield open_mailbox
+    for store in opened:
+        await store.close()
 
 
-async def test_store_then_fetch_oldest_first(mailbox: SqliteMailbox) -> None:
+@pytest.fixture
+async def mailbox(make: Make) -> Mailbox:
+    return await make(**SMALL)
+
+
+@pytest.fixture
+async def bounded(make: Make) -> Mailbox:
+    return await make(**BOUNDED)
+
+
+async def test_store_then_fetch_oldest_first(mailbox: Mailbox) -> None:
     first = await mailbox.store(ROOM, BOB, ALICE, b"one")
     second = await mailbox.store(ROOM, BOB, ALICE, b"two")
     frames = await mailbox.fetch(ROOM, BOB, 0, 10)
@@ -63,19 +124,19 @@ async def test_store_then_fetch_oldest_first(mailbox: SqliteMailbox) -> None:
     assert 0 < first < second
 
 
-async def test_fetch_after_and_limit(mailbox: SqliteMailbox) -> None:
+async def test_fetch_after_and_limit(mailbox: Mailbox) -> None:
     ids = [await mailbox.store(ROOM, BOB, ALICE, b"%d" % n) for n in range(3)]
     frames = await mailbox.fetch(ROOM, BOB, ids[0], 1)
     assert [f.frame_id for f in frames] == [ids[1]]
 
 
-async def test_mailboxes_are_per_room_and_recipient(mailbox: SqliteMailbox) -> None:
+async def test_mailboxes_are_per_room_and_recipient(mailbox: Mailbox) -> None:
     await mailbox.store(ROOM, BOB, ALICE, b"bob")
     assert await mailbox.fetch(ROOM, ALICE, 0, 10) == []
     assert await mailbox.fetch(OTHER_ROOM, BOB, 0, 10) == []
 
 
-async def test_ack_deletes_only_the_owners_frame(mailbox: SqliteMailbox) -> None:
+async def test_ack_deletes_only_the_owners_frame(mailbox: Mailbox) -> None:
     frame_id = await mailbox.store(ROOM, BOB, ALICE, b"x")
     assert not await mailbox.ack(ROOM, ALICE, frame_id)
     assert not await mailbox.ack(OTHER_ROOM, BOB, frame_id)
@@ -84,13 +145,20 @@ async def test_ack_deletes_only_the_owners_frame(mailbox: SqliteMailbox) -> None
     assert not await mailbox.ack(ROOM, BOB, frame_id)
 
 
-async def test_frame_ids_are_never_reused(mailbox: SqliteMailbox) -> None:
+async def test_ack_of_any_64_bit_id_is_harmless(mailbox: Mailbox) -> None:
+    await mailbox.store(ROOM, BOB, ALICE, b"x")
+    for frame_id in (1 << 40, 2**64 - 1, 2**63):
+        assert not await mailbox.ack(ROOM, BOB, frame_id)
+    assert len(await mailbox.fetch(ROOM, BOB, 0, 10)) == 1
+
+
+async def test_frame_ids_are_never_reused(mailbox: Mailbox) -> None:
     frame_id = await mailbox.store(ROOM, BOB, ALICE, b"x")
     await mailbox.ack(ROOM, BOB, frame_id)
     assert await mailbox.store(ROOM, BOB, ALICE, b"y") > frame_id
 
 
-async def test_cap_in_frames_refuses(mailbox: SqliteMailbox) -> None:
+async def test_cap_in_frames_refuses(mailbox: Mailbox) -> None:
     for _ in range(3):
         await mailbox.store(ROOM, BOB, ALICE, b"x")
     with pytest.raises(MailboxFull, match="maximum of 3 frames"):
@@ -98,15 +166,21 @@ async def test_cap_in_frames_refuses(mailbox: SqliteMailbox) -> None:
     await mailbox.store(ROOM, ALICE, BOB, b"x")
 
 
-async def test_cap_in_bytes_refuses(mailbox: SqliteMailbox) -> None:
+async def test_cap_in_bytes_refuses(mailbox: Mailbox) -> None:
     await mailbox.store(ROOM, BOB, ALICE, b"123456")
     with pytest.raises(MailboxFull):
         await mailbox.store(ROOM, BOB, ALICE, b"12345")
     await mailbox.store(ROOM, BOB, ALICE, b"1234")
 
 
+async def test_acked_frames_free_the_caps(mailbox: Mailbox) -> None:
+    first = await mailbox.store(ROOM, BOB, ALICE, b"1234567890")
+    await mailbox.ack(ROOM, BOB, first)
+    await mailbox.store(ROOM, BOB, ALICE, b"1234567890")
+
+
 async def test_expired_frames_vanish_and_are_purged(
-    mailbox: SqliteMailbox, clock: Clock
+    mailbox: Mailbox, clock: Clock
 ) -> None:
     await mailbox.store(ROOM, BOB, ALICE, b"old")
     clock.now += 50
@@ -114,12 +188,10 @@ async def test_expired_frames_vanish_and_are_purged(
     clock.now += 51
     assert [f.payload for f in await mailbox.fetch(ROOM, BOB, 0, 10)] == [b"new"]
     assert await mailbox.purge_expired() == 1
-    assert (await mailbox.depth()).frames == 1
+    assert await mailbox.depth() == MailboxDepth(frames=1, bytes=3)
 
 
-async def test_expired_frames_free_the_cap(
-    mailbox: SqliteMailbox, clock: Clock
-) -> None:
+async def test_expired_frames_free_the_cap(mailbox: Mailbox, clock: Clock) -> None:
     for _ in range(3):
         await mailbox.store(ROOM, BOB, ALICE, b"x")
     clock.now += 101
@@ -127,7 +199,7 @@ async def test_expired_frames_free_the_cap(
 
 
 async def test_membership_expires_after_ttl_since_last_seen(
-    mailbox: SqliteMailbox, clock: Clock
+    mailbox: Mailbox, clock: Clock
 ) -> None:
     assert not await mailbox.is_member(ROOM, BOB)
     await mailbox.remember(ROOM, BOB)
@@ -141,7 +213,7 @@ async def test_membership_expires_after_ttl_since_last_seen(
     assert not await mailbox.is_member(OTHER_ROOM, BOB)
 
 
-async def test_depth_counts_frames_and_bytes(mailbox: SqliteMailbox) -> None:
+async def test_depth_counts_frames_and_bytes(mailbox: Mailbox) -> None:
     first = await mailbox.store(ROOM, BOB, ALICE, b"123")
     await mailbox.store(ROOM, ALICE, BOB, b"45")
     depth = await mailbox.depth()
@@ -150,33 +222,16 @@ async def test_depth_counts_frames_and_bytes(mailbox: SqliteMailbox) -> None:
     assert await mailbox.depth() == MailboxDepth(frames=1, bytes=2)
 
 
-@pytest.fixture
-async def bounded(tmp_path: Path, clock: Clock) -> AsyncIterator[SqliteMailbox]:
-    """A store with every cap of its own: see each test."""
-    store = _store(tmp_path, clock)
-    await store.open()
-    yield store
-    await store.close()
+async def test_committed_frames_survive_reopening(make: Make) -> None:
+    first = await make(**SMALL)
+    await first.store(ROOM, BOB, ALICE, b"kept")
+    await first.close()
+
+    second = await make(**SMALL)
+    assert [f.payload for f in await second.fetch(ROOM, BOB, 0, 10)] == [b"kept"]
 
 
-def _store(tmp_path: Path, clock: Clock, **overrides: Any) -> SqliteMailbox:
-    settings: dict[str, Any] = {
-        "ttl": 1000,
-        "max_frames": 10,
-        "max_bytes": 100,
-        "sender_frames": 2,
-        "sender_bytes": 10,
-        "total_frames": 5,
-        "total_bytes": 30,
-        "probation": 60,
-    }
-    settings.update(overrides)
-    return SqliteMailbox(tmp_path / "bounded.sqlite3", clock=clock, **settings)
-
-
-async def test_one_sender_holds_only_its_share_in_frames(
-    bounded: SqliteMailbox,
-) -> None:
+async def test_one_sender_holds_only_its_share_in_frames(bounded: Mailbox) -> None:
     for _ in range(2):
         await bounded.store(ROOM, BOB, ALICE, b"x")
     with pytest.raises(MailboxFull, match="this sender holds its maximum of 2"):
@@ -187,27 +242,31 @@ async def test_one_sender_holds_only_its_share_in_frames(
     await bounded.store(ROOM, CAROL, ALICE, b"x")
 
 
-async def test_one_sender_holds_only_its_share_in_bytes(
-    bounded: SqliteMailbox,
-) -> None:
+async def test_one_sender_holds_only_its_share_in_bytes(bounded: Mailbox) -> None:
     await bounded.store(ROOM, BOB, ALICE, b"123456")
     with pytest.raises(MailboxFull, match="10 bytes in that mailbox"):
         await bounded.store(ROOM, BOB, ALICE, b"12345")
     await bounded.store(ROOM, BOB, ALICE, b"1234")
 
 
-async def test_acknowledged_frames_free_the_senders_share(
-    bounded: SqliteMailbox,
-) -> None:
+async def test_acknowledged_frames_free_the_senders_share(bounded: Mailbox) -> None:
     first = await bounded.store(ROOM, BOB, ALICE, b"x")
     await bounded.store(ROOM, BOB, ALICE, b"x")
     assert await bounded.ack(ROOM, BOB, first)
     await bounded.store(ROOM, BOB, ALICE, b"x")
 
 
-async def test_overall_cap_in_frames_refuses_every_mailbox(
-    bounded: SqliteMailbox,
+async def test_expired_frames_free_the_senders_share(
+    bounded: Mailbox, clock: Clock
 ) -> None:
+    for _ in range(2):
+        await bounded.store(ROOM, BOB, ALICE, b"x")
+    clock.now += 1001
+    await bounded.purge_expired()
+    await bounded.store(ROOM, BOB, ALICE, b"x")
+
+
+async def test_overall_cap_in_frames_refuses_every_mailbox(bounded: Mailbox) -> None:
     recipients = [bytes([n]) * 32 for n in range(5)]
     ids = [await bounded.store(ROOM, r, ALICE, b"x") for r in recipients]
     with pytest.raises(StorageFull, match="overall maximum"):
@@ -219,7 +278,7 @@ async def test_overall_cap_in_frames_refuses_every_mailbox(
     await bounded.store(ROOM, CAROL, BOB, b"x")
 
 
-async def test_overall_cap_in_bytes_refuses(bounded: SqliteMailbox) -> None:
+async def test_overall_cap_in_bytes_refuses(bounded: Mailbox) -> None:
     for recipient in (ALICE, BOB, CAROL):
         await bounded.store(ROOM, recipient, b"s" * 32, b"123456789")
     with pytest.raises(StorageFull):
@@ -227,9 +286,7 @@ async def test_overall_cap_in_bytes_refuses(bounded: SqliteMailbox) -> None:
     await bounded.store(ROOM, b"d" * 32, b"s" * 32, b"123")
 
 
-async def test_purge_frees_the_overall_cap(
-    bounded: SqliteMailbox, clock: Clock
-) -> None:
+async def test_purge_frees_the_overall_cap(bounded: Mailbox, clock: Clock) -> None:
     for n in range(5):
         await bounded.store(ROOM, bytes([n]) * 32, ALICE, b"x")
     clock.now += 1001
@@ -238,25 +295,20 @@ async def test_purge_frees_the_overall_cap(
     await bounded.store(ROOM, BOB, ALICE, b"x")
 
 
-async def test_overall_cap_counts_frames_kept_before_reopening(
-    tmp_path: Path, clock: Clock
-) -> None:
-    first = _store(tmp_path, clock)
-    await first.open()
+async def test_overall_cap_counts_frames_kept_before_reopening(make: Make) -> None:
+    first = await make(**BOUNDED)
     for n in range(5):
         await first.store(ROOM, bytes([n]) * 32, ALICE, b"x")
     await first.close()
 
-    second = _store(tmp_path, clock)
-    await second.open()
+    second = await make(**BOUNDED)
     with pytest.raises(StorageFull):
         await second.store(ROOM, BOB, ALICE, b"x")
     assert await second.depth() == MailboxDepth(frames=5, bytes=5)
-    await second.close()
 
 
 async def test_unused_membership_expires_after_probation(
-    bounded: SqliteMailbox, clock: Clock
+    bounded: Mailbox, clock: Clock
 ) -> None:
     await bounded.remember(ROOM, BOB)
     clock.now += 59
@@ -266,7 +318,7 @@ async def test_unused_membership_expires_after_probation(
 
 
 async def test_membership_used_by_sending_lasts_the_ttl(
-    bounded: SqliteMailbox, clock: Clock
+    bounded: Mailbox, clock: Clock
 ) -> None:
     await bounded.remember(ROOM, BOB)
     await bounded.remember(ROOM, BOB, used=True)
@@ -278,7 +330,7 @@ async def test_membership_used_by_sending_lasts_the_ttl(
 
 
 async def test_membership_used_by_a_stored_frame_lasts_the_ttl(
-    bounded: SqliteMailbox, clock: Clock
+    bounded: Mailbox, clock: Clock
 ) -> None:
     await bounded.remember(ROOM, BOB)
     await bounded.store(ROOM, BOB, ALICE, b"x")
@@ -287,7 +339,7 @@ async def test_membership_used_by_a_stored_frame_lasts_the_ttl(
 
 
 async def test_expired_membership_comes_back_unused(
-    bounded: SqliteMailbox, clock: Clock
+    bounded: Mailbox, clock: Clock
 ) -> None:
     await bounded.remember(ROOM, BOB, used=True)
     clock.now += 1001
@@ -296,14 +348,23 @@ async def test_expired_membership_comes_back_unused(
     assert not await bounded.is_member(ROOM, BOB)
 
 
+# The SQLite file itself.
+
+
+def _sqlite(tmp_path: Path, clock: Clock) -> SqliteMailbox:
+    return SqliteMailbox(tmp_path / "bounded.sqlite3", clock=clock, **BOUNDED)
+
+
 async def test_purge_removes_unused_memberships_after_probation(
-    bounded: SqliteMailbox, clock: Clock, tmp_path: Path
+    clock: Clock, tmp_path: Path
 ) -> None:
-    await bounded.remember(ROOM, ALICE)
-    await bounded.remember(ROOM, BOB, used=True)
+    store = _sqlite(tmp_path, clock)
+    await store.open()
+    await store.remember(ROOM, ALICE)
+    await store.remember(ROOM, BOB, used=True)
     clock.now += 61
-    await bounded.purge_expired()
-    await bounded.close()
+    await store.purge_expired()
+    await store.close()
     with sqlite3.connect(tmp_path / "bounded.sqlite3") as db:
         rows = db.execute("SELECT address FROM members").fetchall()
     assert rows == [(BOB,)]
@@ -322,32 +383,23 @@ async def test_memberships_of_an_older_file_keep_the_ttl(
         db.execute("INSERT INTO members VALUES (?, ?, ?)", (ROOM, BOB, clock.now))
     db.close()
 
-    store = _store(tmp_path, clock)
+    store = _sqlite(tmp_path, clock)
     await store.open()
     clock.now += 999
     assert await store.is_member(ROOM, BOB)
     await store.close()
 
 
-async def test_committed_frames_survive_reopening(tmp_path: Path, clock: Clock) -> None:
-    path = tmp_path / "mail.sqlite3"
-    first = SqliteMailbox(path, ttl=100, max_frames=3, max_bytes=10, clock=clock)
-    await first.open()
-    await first.store(ROOM, BOB, ALICE, b"kept")
-    await first.close()
-
-    second = SqliteMailbox(path, ttl=100, max_frames=3, max_bytes=10, clock=clock)
-    await second.open()
-    assert [f.payload for f in await second.fetch(ROOM, BOB, 0, 10)] == [b"kept"]
-    await second.close()
-
-
-async def test_closed_store_raises_storage_unavailable(mailbox: SqliteMailbox) -> None:
-    await mailbox.close()
+async def test_closed_store_raises_storage_unavailable(
+    tmp_path: Path, clock: Clock
+) -> None:
+    store = _sqlite(tmp_path, clock)
+    await store.open()
+    await store.close()
     with pytest.raises(StorageUnavailable):
-        await mailbox.check()
+        await store.check()
     with pytest.raises(StorageUnavailable):
-        await mailbox.store(ROOM, BOB, ALICE, b"x")
+        await store.store(ROOM, BOB, ALICE, b"x")
 
 
 async def test_unopenable_store_raises_storage_unavailable(tmp_path: Path) -> None:

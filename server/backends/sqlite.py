@@ -311,6 +311,10 @@ class SqliteMailbox(Mailbox):
 
     async def ack(self, room_id: bytes, address: bytes, frame_id: int) -> bool:
         """See `Mailbox.ack`."""
+        # SQLite integers are signed: no stored id is that large, and binding
+        # one would fail outside the errors mapped to StorageUnavailable.
+        if frame_id >= 1 << 63:
+            return False
         return await self._run(lambda: self._ack(room_id, address, frame_id))
 
     def _ack(self, room_id: bytes, address: bytes, frame_id: int) -> bool:

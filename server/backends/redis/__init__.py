@@ -46,6 +46,11 @@ async def open_backends(
         ttl=config.mailbox_ttl,
         max_frames=config.mailbox_max_frames,
         max_bytes=config.mailbox_max_bytes,
+        sender_frames=config.mailbox_sender_frames,
+        sender_bytes=config.mailbox_sender_bytes,
+        total_frames=config.store_max_frames,
+        total_bytes=config.store_max_bytes,
+        probation=config.membership_probation,
         clock=clock,
     )
     fanout = RedisFanout(

@@ -16,9 +16,10 @@ braces, so that every key and channel of one room hashes to one slot)::
     P:room:{R}:owner        hash: address -> instance of the member's join
     P:room:{R}:version      presence version (microseconds, increasing)
     P:room:{R}:events       sharded pub/sub channel of the room
-    P:member:{R}:A          membership record of address A (seen time)
+    P:member:{R}:A          membership record of address A (seen:used)
     P:mailbox:{R}:A         stream: the mailbox of address A
     P:mailbox:{R}:A:bytes   payload bytes held in that mailbox
+    P:mailbox:{R}:A:senders hash: frames and bytes of each sender in it
     P:mailboxes             sorted set: mailbox key -> oldest frame (ms)
     P:depth                 hash: frames and bytes held in all mailboxes
 """

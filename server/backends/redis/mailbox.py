@@ -17,6 +17,20 @@ Time to live: a frame is expired once its millisecond part is at least
 mailbox's expired frames before checking its caps, and `purge_expired`
 drops them from mailboxes that no longer receive anything, found through an
 index of each mailbox's oldest frame.
+
+Caps: the store script checks, in this order and before it writes, the
+overall cap (the depth hash, shared by every relay), the mailbox's own cap
+(its stream length and byte count) and the sender's share of the mailbox (a
+hash of frames and bytes per sender), and keeps all three counts as it
+appends; acknowledging and trimming take them back. A script runs alone on
+Redis, so relays sharing one Redis cannot overshoot a cap together.
+
+Memberships: one key per membership holds ``seen:used`` (the relay's clock
+in seconds, then 1 once used) and expires by itself, `ttl` after it was
+last seen once used and `probation` after it while never used; a record
+written before memberships could be unused holds ``seen`` alone and keeps
+the full `ttl`, as with SQLite. Being used is decided by the scripts that
+write the record, so two relays cannot undo each other's mark.
 """
 
 from __future__ import annotations
@@ -27,9 +41,11 @@ from collections.abc import Callable, Sequence
 from typing import cast
 
 from server.backends.base import (
+    BackendError,
     Mailbox,
     MailboxDepth,
     MailboxFull,
+    StorageFull,
     StoredFrame,
 )
 from server.backends.redis.link import RedisLink
@@ -51,18 +67,40 @@ PURGE_BATCH = 100
 PURGE_ROUNDS = 100
 """Most batches one `purge_expired` call trims; the rest waits a round."""
 
+# Which cap the store script refused a frame for (see `_STORE`).
+REFUSED_MAILBOX = 1
+REFUSED_SENDER = 2
+REFUSED_OVERALL = 3
+
+_SENDERS = b":senders"
+"""Suffix of a mailbox's hash of each sender's share."""
+
 # Shared by the scripts below: KEYS are the stream, its byte count, the
-# index and the depth hash. Expired entries are dropped oldest first, in
-# bounded steps; the caps bound how many there can be.
+# index, the depth hash and the hash of each sender's share ('f' or 'b',
+# then the sender's address: its frames or bytes). Expired entries are
+# dropped oldest first, in bounded steps; the caps bound how many there
+# can be.
 _PRELUDE = """
-local stream, sizes, index, depth = KEYS[1], KEYS[2], KEYS[3], KEYS[4]
+local stream, sizes, index, depth, senders = KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5]
+
+-- One frame of `sender` left the mailbox. A mailbox stored before shares
+-- were counted has none: its count goes below 1 and is simply dropped.
+local function unshare(sender, size)
+  if redis.call('HINCRBY', senders, 'f' .. sender, -1) < 1 then
+    redis.call('HDEL', senders, 'f' .. sender, 'b' .. sender)
+  else
+    redis.call('HINCRBY', senders, 'b' .. sender, -size)
+  end
+end
 
 local function trim(last_expired)
   local frames, size = 0, 0
   while true do
     local old = redis.call('XRANGE', stream, '-', last_expired, 'COUNT', 32)
     for _, entry in ipairs(old) do
-      size = size + #entry[2][4]
+      local length = #entry[2][4]
+      unshare(entry[2][2], length)
+      size = size + length
       frames = frames + 1
       redis.call('XDEL', stream, entry[1])
     end
@@ -86,24 +124,85 @@ local function reindex()
 end
 """
 
-# ARGV: last expired id, milliseconds now, max frames, max bytes, sender,
-# payload. Returns the new entry id, or 0 when a cap refuses.
+# Membership records, ``seen:used`` or (written before memberships could be
+# unused) ``seen`` alone, which counts as used.
+_MEMBERSHIP = """
+local function membership(record)
+  local seen, used = string.match(record, '^([^:]*):(%d)$')
+  if seen == nil then return tonumber(record), true end
+  return tonumber(seen), used == '1'
+end
+"""
+
+# KEYS: the membership record. ARGV: now (seconds), ttl (seconds), used (1
+# or 0), ttl (ms), probation (ms). A record past its ttl that Redis has not
+# removed yet starts afresh: it must not bring back an old "used" mark.
+_REMEMBER = (
+    _MEMBERSHIP
+    + """
+local record = KEYS[1]
+local now, ttl = tonumber(ARGV[1]), tonumber(ARGV[2])
+local used = ARGV[3] == '1'
+if not used then
+  local old = redis.call('GET', record)
+  if old then
+    local seen, was = membership(old)
+    used = was and seen ~= nil and seen > now - ttl
+  end
+end
+if used then
+  redis.call('SET', record, ARGV[1] .. ':1', 'PX', ARGV[4])
+else
+  redis.call('SET', record, ARGV[1] .. ':0', 'PX', ARGV[5])
+end
+"""
+)
+
+# KEYS (after the prelude's): the recipient's membership record and the
+# room's presence set. ARGV: last expired id, milliseconds now, max frames,
+# max bytes, sender, payload, sender's frames, sender's bytes, overall
+# frames, overall bytes (-1: no overall cap), recipient, now (seconds), ttl
+# (seconds). Returns the new entry id, or the cap that refuses: 1 the
+# mailbox's, 2 the sender's share, 3 the overall one.
 _STORE = (
     _PRELUDE
+    + _MEMBERSHIP
     + """
+local record, present = KEYS[6], KEYS[7]
 local trimmed = trim(ARGV[1])
+local payload, sender = ARGV[6], ARGV[5]
+
+local function refuse(cap)
+  if trimmed > 0 then reindex() end
+  return cap
+end
+
+local held = redis.call('HMGET', depth, 'frames', 'bytes')
+local total_frames, total_bytes = tonumber(ARGV[9]), tonumber(ARGV[10])
+if total_frames >= 0 and tonumber(held[1] or '0') >= total_frames then
+  return refuse(3)
+end
+if total_bytes >= 0 and tonumber(held[2] or '0') + #payload > total_bytes then
+  return refuse(3)
+end
+
 local count = redis.call('XLEN', stream)
 local size = tonumber(redis.call('GET', sizes) or '0')
-local payload = ARGV[6]
 if count + 1 > tonumber(ARGV[3]) or size + #payload > tonumber(ARGV[4]) then
-  if trimmed > 0 then reindex() end
-  return 0
+  return refuse(1)
 end
-local id = redis.pcall('XADD', stream, ARGV[2] .. '-*', 's', ARGV[5], 'p', payload)
+
+local share = redis.call('HMGET', senders, 'f' .. sender, 'b' .. sender)
+if tonumber(share[1] or '0') + 1 > tonumber(ARGV[7])
+    or tonumber(share[2] or '0') + #payload > tonumber(ARGV[8]) then
+  return refuse(2)
+end
+
+local id = redis.pcall('XADD', stream, ARGV[2] .. '-*', 's', sender, 'p', payload)
 if type(id) == 'table' then
   -- An entry with a later time is there already (another relay's clock is
   -- ahead): let Redis pick the next id after it.
-  id = redis.call('XADD', stream, '*', 's', ARGV[5], 'p', payload)
+  id = redis.call('XADD', stream, '*', 's', sender, 'p', payload)
 end
 if tonumber(string.match(id, '-(%d+)$')) >= 1048576 then
   redis.call('XDEL', stream, id)
@@ -112,7 +211,23 @@ end
 redis.call('INCRBY', sizes, #payload)
 redis.call('HINCRBY', depth, 'frames', 1)
 redis.call('HINCRBY', depth, 'bytes', #payload)
+redis.call('HINCRBY', senders, 'f' .. sender, 1)
+redis.call('HINCRBY', senders, 'b' .. sender, #payload)
 if trimmed > 0 or count == 0 then reindex() end
+
+-- A frame waiting for the recipient makes its membership used. A member
+-- present counts as one (see is_member) before its relay wrote the record.
+local now, ttl = tonumber(ARGV[12]), tonumber(ARGV[13])
+local old = redis.call('GET', record)
+if old then
+  local seen, used = membership(old)
+  local left = seen and math.floor((seen + ttl - now) * 1000)
+  if not used and left and left > 0 then
+    redis.call('SET', record, string.match(old, '^[^:]*') .. ':1', 'PX', left)
+  end
+elseif redis.call('ZSCORE', present, ARGV[11]) then
+  redis.call('SET', record, ARGV[12] .. ':1', 'PX', math.floor(ttl * 1000))
+end
 return id
 """
 )
@@ -124,6 +239,7 @@ _ACK = (
 local entry = redis.call('XRANGE', stream, ARGV[1], ARGV[1])
 if #entry == 0 then return 0 end
 local size = #entry[1][2][4]
+unshare(entry[1][2][2], size)
 redis.call('XDEL', stream, ARGV[1])
 redis.call('DECRBY', sizes, size)
 redis.call('HINCRBY', depth, 'frames', -1)
@@ -140,7 +256,7 @@ _PURGE = (
     + """
 local trimmed = trim(ARGV[1])
 if redis.call('XLEN', stream) == 0 then
-  redis.call('DEL', stream, sizes)
+  redis.call('DEL', stream, sizes, senders)
   redis.call('ZREM', index, stream)
 else
   reindex()
@@ -166,9 +282,17 @@ class RedisMailbox(Mailbox):
 
     Args:
         link: the relay's Redis client and key names.
-        ttl: seconds a frame or a membership is kept (see `Mailbox`).
+        ttl: seconds a frame or a used membership is kept (see `Mailbox`).
         max_frames: most frames one mailbox holds.
         max_bytes: most payload bytes one mailbox holds.
+        sender_frames: most frames one sender holds in one mailbox; default
+            `max_frames`.
+        sender_bytes: most payload bytes one sender holds in one mailbox;
+            default `max_bytes`.
+        total_frames: most frames all mailboxes hold together; default none.
+        total_bytes: most payload bytes all mailboxes hold together; default
+            none.
+        probation: seconds a never used membership is kept; default `ttl`.
         clock: returns the time in seconds; injected by tests.
     """
 
@@ -179,14 +303,25 @@ class RedisMailbox(Mailbox):
         ttl: float,
         max_frames: int,
         max_bytes: int,
+        sender_frames: int | None = None,
+        sender_bytes: int | None = None,
+        total_frames: int | None = None,
+        total_bytes: int | None = None,
+        probation: float | None = None,
         clock: Callable[[], float] = time.time,
     ) -> None:
         self._link = link
         self._ttl = ttl
+        self._probation = ttl if probation is None else min(probation, ttl)
         self._max_frames = max_frames
         self._max_bytes = max_bytes
+        self._sender_frames = max_frames if sender_frames is None else sender_frames
+        self._sender_bytes = max_bytes if sender_bytes is None else sender_bytes
+        self._total_frames = -1 if total_frames is None else total_frames
+        self._total_bytes = -1 if total_bytes is None else total_bytes
         self._clock = clock
         self._members: dict[tuple[bytes, bytes], float] = {}
+        self._remember = link.script(_REMEMBER)
         self._store = link.script(_STORE)
         self._ack = link.script(_ACK)
         self._purge = link.script(_PURGE)
@@ -197,14 +332,22 @@ class RedisMailbox(Mailbox):
 
     def _keys(self, room_id: bytes, address: bytes) -> list[bytes]:
         stream, sizes = self._link.mailbox(room_id, address)
-        return [stream, sizes, self._link.index, self._link.depth]
+        return [stream, sizes, self._link.index, self._link.depth, stream + _SENDERS]
 
-    async def remember(self, room_id: bytes, address: bytes) -> None:
+    async def remember(
+        self, room_id: bytes, address: bytes, *, used: bool = False
+    ) -> None:
         """See `Mailbox.remember`; Redis also expires the record by itself."""
-        key = self._link.member(room_id, address)
-        ttl_ms = int(self._ttl * 1000)
-        await self._link.call(
-            self._link.client.set(key, repr(self._clock()), px=ttl_ms)
+        await self._link.run_script(
+            self._remember,
+            [self._link.member(room_id, address)],
+            [
+                repr(self._clock()),
+                repr(self._ttl),
+                int(used),
+                max(1, int(self._ttl * 1000)),
+                max(1, int(self._probation * 1000)),
+            ],
         )
 
     async def is_member(self, room_id: bytes, address: bytes) -> bool:
@@ -215,50 +358,94 @@ class RedisMailbox(Mailbox):
         record exists; presence (written before the JOIN is answered) closes
         that window.
         """
-        # A membership lasts `ttl` after it was last seen and only grows
-        # while the member returns: a yes is reused for a short while, which
-        # spares a round trip for every stored frame.
+        # A membership only grows while the member returns: a yes is reused
+        # until the record's expiry, at most for a short while, which spares
+        # a round trip for every stored frame.
         now = self._clock()
         if self._members.get((room_id, address), 0.0) > now:
             return True
-        seen, present = await asyncio.gather(
+        record, present = await asyncio.gather(
             self._link.batched("GET", self._link.member(room_id, address)),
             self._link.batched("ZSCORE", self._link.room(room_id).present, address),
         )
         if present is not None:
-            expires = now + self._ttl
-        elif seen is not None and float(seen) > now - self._ttl:
-            expires = float(seen) + self._ttl
+            # Its record, written after the JOIN, lasts at least probation.
+            expires = now + self._probation
+        elif record is not None:
+            expires = self._expiry(record)
         else:
+            return False
+        if expires <= now:
             return False
         if len(self._members) >= MEMBER_CACHE:
             self._members.clear()
         self._members[(room_id, address)] = min(expires, now + MEMBER_CACHE_SECONDS)
         return True
 
+    def _expiry(self, record: bytes) -> float:
+        """When a membership record expires: `ttl` once used, else `probation`.
+
+        A record written before memberships could be unused is ``seen`` alone
+        and keeps the full `ttl`; one that does not parse has expired.
+        """
+        seen, colon, used = record.partition(b":")
+        try:
+            seen_at = float(seen)
+        except ValueError:
+            return 0.0
+        if not colon or used == b"1":
+            return seen_at + self._ttl
+        return seen_at + self._probation
+
     async def store(
         self, room_id: bytes, recipient: bytes, sender: bytes, payload: bytes
     ) -> int:
-        """See `Mailbox.store`."""
-        now_ms = int(self._clock() * 1000)
+        """See `Mailbox.store`: every cap is checked in the script that appends."""
+        now = self._clock()
         reply = await self._link.run_script(
             self._store,
-            self._keys(room_id, recipient),
+            [
+                *self._keys(room_id, recipient),
+                self._link.member(room_id, recipient),
+                self._link.room(room_id).present,
+            ],
             [
                 f"{self._cutoff_ms()}-18446744073709551615",
-                now_ms,
+                int(now * 1000),
                 self._max_frames,
                 self._max_bytes,
                 sender,
                 payload,
+                self._sender_frames,
+                self._sender_bytes,
+                self._total_frames,
+                self._total_bytes,
+                recipient,
+                repr(now),
+                repr(self._ttl),
             ],
         )
-        if reply == 0:
-            raise MailboxFull(
-                f"mailbox holds its maximum of {self._max_frames} frames"
-                f" or {self._max_bytes} bytes; the recipient must fetch first"
-            )
+        if isinstance(reply, int):
+            raise self._refusal(reply)
         return frame_id_of(reply)
+
+    def _refusal(self, cap: int) -> BackendError:
+        """The error for the cap the store script named (see `_STORE`)."""
+        if cap == REFUSED_OVERALL:
+            return StorageFull(
+                "the relay's store holds its overall maximum of frames or bytes;"
+                " try again once recipients have fetched their mail"
+            )
+        if cap == REFUSED_SENDER:
+            return MailboxFull(
+                f"this sender holds its maximum of {self._sender_frames} frames"
+                f" or {self._sender_bytes} bytes in that mailbox;"
+                " the recipient must fetch first"
+            )
+        return MailboxFull(
+            f"mailbox holds its maximum of {self._max_frames} frames"
+            f" or {self._max_bytes} bytes; the recipient must fetch first"
+        )
 
     async def fetch(
         self, room_id: bytes, address: bytes, after: int, limit: int
@@ -289,7 +476,10 @@ class RedisMailbox(Mailbox):
         return bool(deleted)
 
     async def purge_expired(self) -> int:
-        """See `Mailbox.purge_expired`: trims mailboxes whose oldest expired."""
+        """See `Mailbox.purge_expired`: trims mailboxes whose oldest expired.
+
+        Membership records need no purge: Redis removes each when it expires.
+        """
         cutoff = self._cutoff_ms()
         last_expired = f"{cutoff}-18446744073709551615"
         removed = 0
@@ -303,7 +493,13 @@ class RedisMailbox(Mailbox):
                 ),
             )
             for stream in streams:
-                keys = [stream, stream + b":bytes", self._link.index, self._link.depth]
+                keys = [
+                    stream,
+                    stream + b":bytes",
+                    self._link.index,
+                    self._link.depth,
+                    stream + _SENDERS,
+                ]
                 removed += await self._link.call(
                     self._purge(keys=keys, args=[last_expired])
                 )
@@ -321,7 +517,7 @@ class RedisMailbox(Mailbox):
         )
 
     async def check(self) -> None:
-        """See `Mailbox.check`."""
+        """See `Mailbox.check`: Redis answers (a full store is healthy)."""
         await self._link.ping()
 
     async def close(self) -> None:
