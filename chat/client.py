@@ -89,7 +89,7 @@ from chat.transport import (
     PeerGone,
     SendRefused,
 )
-from chat.trust import TrustState, TrustStore, TrustStoreError
+from chat.trust import TrustDecision, TrustState, TrustStore, TrustStoreError
 
 __all__ = [
     "ChatClient",
@@ -1025,6 +1025,8 @@ class ChatClient:
         peer.nick = sanitize_nick(nickname)
         try:
             decision = self._trust.check(peer.identity.key, peer.nick, self._slot(peer))
+            if self._inviter_takes_name(peer, decision):
+                decision = self._give_name_to_inviter(peer)
         except (TrustStoreError, OSError) as exc:
             self._emit(ClientEvent("error", {"detail": f"trust store: {exc}"}))
             return
@@ -1050,6 +1052,36 @@ class ChatClient:
             )
             return
         self._become_ready(peer, decision.state)
+
+    def _inviter_takes_name(self, peer: _Peer, decision: TrustDecision) -> bool:
+        """Whether the inviter's key replaces a nickname pinned on first use.
+
+        Another holder of the invite code may answer before the inviter,
+        under the inviter's nickname, and trust on first use pins that name
+        to its key. The peer at the inviter's address proved the inviter's
+        fingerprint before CONFIRM (protocol.md section 5.2, step 4), which
+        outranks a pin nobody verified; a name the user verified stays.
+        """
+        return (
+            decision.state == TrustState.CHANGED
+            and decision.pinned_by == "name"
+            and decision.previous_key is not None
+            and peer.nick is not None
+            and peer.identity is not None
+            and self._expected is not None
+            and self._is_inviter_address(peer)
+            and fingerprint_matches(peer.identity, self._expected)
+            and self._trust.state_of(decision.previous_key, peer.nick)
+            != TrustState.VERIFIED
+        )
+
+    def _give_name_to_inviter(self, peer: _Peer) -> TrustDecision:
+        # The earlier claimant keeps its session, shown as `nick#digits`
+        # beside the verified inviter; its next session is a name change.
+        assert peer.identity is not None and peer.nick is not None
+        logger.info("the inviter takes back the nickname pinned on first use")
+        self._trust.accept(peer.identity.key, peer.nick, self._slot(peer))
+        return TrustDecision(self._trust.state_of(peer.identity.key, peer.nick))
 
     def _slot(self, peer: _Peer) -> str | None:
         # In direct mode every peer has the same stand-in address: only the

@@ -774,6 +774,42 @@ async def test_a_refusal_does_not_unhold_a_later_name_change(room: Room) -> None
     assert not again.find("delivered", id=message_id, to="alice")
 
 
+async def test_the_inviter_takes_back_its_name_from_an_earlier_claimant(
+    room: Room,
+) -> None:
+    inviter = Identity.generate()
+    joiner = _invited(room, "joiner", A, inviter)
+    mallory = room.join("alice", C)
+    await room.hub.settle()
+    assert joiner.find("secure", peer="alice", verified=False)
+
+    # The inviter arrives under the nickname mallory took first.
+    room.join("alice", B, inviter)
+    await room.hub.settle()
+
+    assert not joiner.find("alert")
+    (secure,) = joiner.find("secure", verified=True)
+    assert secure["fingerprint"] == inviter.public.fingerprint()
+    digits = mallory.identity.public.fingerprint().replace(" ", "")[:5]
+    names = {peer["peer"]: peer["trust"] for peer in joiner.client.who()}
+    assert names == {"alice": "verified", f"alice#{digits}": "unverified"}
+
+
+async def test_the_inviter_leaves_a_verified_name_alone(room: Room) -> None:
+    inviter = Identity.generate()
+    joiner = _invited(room, "joiner", A, inviter)
+    room.join("alice", C)
+    await room.hub.settle()
+    joiner.client.verify("alice", "yes")
+
+    room.join("alice", B, inviter)
+    await room.hub.settle()
+
+    (alert,) = joiner.find("alert", kind="identity-changed")
+    assert alert["fingerprint"] == inviter.public.fingerprint()
+    assert not joiner.find("secure", fingerprint=inviter.public.fingerprint())
+
+
 async def test_trust_accepts_someone_else_at_the_inviters_address(
     room: Room,
 ) -> None:
