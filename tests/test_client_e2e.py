@@ -339,6 +339,18 @@ async def test_direct_mode_without_relay(cluster: Cluster) -> None:
     assert url.startswith("ws://127.0.0.1:")
 
 
+async def test_direct_mode_invite_verifies_the_inviter(cluster: Cluster) -> None:
+    alice = await cluster.client("alice", "invite", "--listen", "127.0.0.1:0")
+    code = (await alice.wait_for("invite"))["code"]
+    url = (await alice.wait_for("ready"))["listening"]
+    # Over a direct link the inviter is the one peer at the other end.
+    bob = await cluster.client("bob", "join", code, "--connect", url)
+
+    secure = await bob.wait_for("secure", peer="alice")
+
+    assert secure["verified"] is True
+
+
 async def test_bad_stdin_gets_clear_errors_and_the_client_stays_up(
     cluster: Cluster,
 ) -> None:
