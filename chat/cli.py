@@ -31,12 +31,14 @@ from chat.core.errors import KeyFileError
 from chat.core.identity import Identity
 from chat.core.rooms import RoomKeys
 from chat.core.teaching import TeachingEvent
+from chat.envelope import mailbox_address
 from chat.home import Home, HomeError, resolve_home
 from chat.invite import Invite, InviteError, decode_invite, encode_invite
 from chat.limits import DEFAULT_RELAY, DEFAULT_ROOM, MAX_ROOM_NAME_BYTES
 from chat.passphrase import PassphraseError, load_identity, set_passphrase
 from chat.steps import RECORDED_STEPS
 from chat.transport import (
+    DIRECT_PEER,
     DirectListener,
     Link,
     LinkError,
@@ -175,11 +177,12 @@ class _Plan:
     room: RoomKeys
     relay: str
     expected: str | None
+    expected_address: bytes | None
     invite_code: str | None
 
 
 def _plan(
-    args: argparse.Namespace, identity: Identity, environ: dict[str, str]
+    args: argparse.Namespace, identity: Identity, home: Home, environ: dict[str, str]
 ) -> _Plan:
     relay = args.relay or environ.get("SALTCHAT_RELAY") or DEFAULT_RELAY
     try:
@@ -197,20 +200,30 @@ def _plan(
             raise SetupError(f"bad invite code: {exc}") from exc
         own = identity.public.fingerprint()
         expected = None if invite.fingerprint == own else invite.fingerprint
+        # Over a direct link the one peer stands at DIRECT_PEER, and the
+        # inviter is whoever is at the other end.
+        direct = bool(args.connect or args.listen)
+        address = DIRECT_PEER if direct else invite.address
         return _Plan(
             RoomKeys.from_secret(invite.room_secret),
             args.relay or invite.relay,
             expected,
+            None if expected is None else address,
             None,
         )
     if args.code:
         raise SetupError(f"unexpected argument {args.code!r}; only `join` takes a code")
     if args.command == "invite":
+        # The code names our address in the new room, from the mailbox
+        # token this home keeps for it (the one _connector presents).
         secret = RoomKeys.new_secret()
-        code = encode_invite(Invite(secret, identity.public.fingerprint(), relay))
-        return _Plan(RoomKeys.from_secret(secret), relay, None, code)
+        room = RoomKeys.from_secret(secret)
+        address = mailbox_address(home.mailbox_token(room.room_id))
+        fingerprint = identity.public.fingerprint()
+        code = encode_invite(Invite(secret, fingerprint, address, relay))
+        return _Plan(room, relay, None, None, code)
     name = args.room or environ.get("SALTCHAT_ROOM") or DEFAULT_ROOM
-    return _Plan(RoomKeys.from_name(name), relay, None, None)
+    return _Plan(RoomKeys.from_name(name), relay, None, None, None)
 
 
 def _connector(
@@ -259,7 +272,7 @@ def _choose_ui(args: argparse.Namespace) -> str:
 
 async def _chat(args: argparse.Namespace, home: Home, identity: Identity) -> int:
     environ = dict(os.environ)
-    plan = _plan(args, identity, environ)
+    plan = _plan(args, identity, home, environ)
     try:
         trust = TrustStore.load(home.trust_path)
     except TrustStoreError as exc:
@@ -285,6 +298,7 @@ async def _chat(args: argparse.Namespace, home: Home, identity: Identity) -> int
         connect=connect,
         emit=show,
         expected_fingerprint=plan.expected,
+        expected_address=plan.expected_address,
         observer=_teacher(show) if args.show_handshake else None,
     )
     client.ready_info = info

@@ -11,9 +11,10 @@ section 5), and it owns everything a session does not:
   section 7.4) once per session and never trusted for identity: the
   identity is the key proven in the handshake;
 - trust on first use (chat.trust): the key pinned to a peer's address (or,
-  in an invite room, the inviter's fingerprint) is required in the
-  handshake, before CONFIRM; a peer whose pinned nickname shows a new key is
-  held, its frames left unprocessed and unacknowledged, until /trust;
+  in an invite room, the inviter's fingerprint at the inviter's address) is
+  required in the handshake, before CONFIRM; a peer whose pinned nickname
+  shows a new key is held, its frames left unprocessed and unacknowledged,
+  until /trust;
 - an outbox with end-to-end receipts: a message leaves the outbox when every
   recipient's client has sent a receipt from inside the channel; resends
   carry the same message id, and the receiver shows an id once;
@@ -88,7 +89,7 @@ from chat.transport import (
     PeerGone,
     SendRefused,
 )
-from chat.trust import TrustState, TrustStore, TrustStoreError
+from chat.trust import TrustDecision, TrustState, TrustStore, TrustStoreError
 
 __all__ = [
     "ChatClient",
@@ -280,6 +281,7 @@ class ChatClient:
         connect: Callable[[], Awaitable[Link]],
         emit: Callable[[ClientEvent], None],
         expected_fingerprint: str | None = None,
+        expected_address: bytes | None = None,
         observer: Callable[[TeachingEvent], None] | None = None,
         narrate_records: bool = False,
         clock: Callable[[], float] = time.monotonic,
@@ -296,9 +298,13 @@ class ChatClient:
             connect: opens a link (relay or direct), raising LinkError.
             emit: receives every ClientEvent, in order.
             expected_fingerprint: the inviter's fingerprint from an invite
-                code: the handshake of every peer whose address has no pinned
-                key must prove it (else it is refused before CONFIRM), and
-                the peer proving it is marked verified.
+                code: the handshake of the peer at `expected_address` must
+                prove it, unless a key is pinned there (else it is refused
+                before CONFIRM), and that peer proving it is marked verified.
+                Every other peer is met by trust on first use.
+            expected_address: the inviter's address in the room, from the
+                same invite code (in direct mode, DIRECT_PEER); required
+                with `expected_fingerprint`.
             observer: receives the core's TeachingEvents (--show-handshake).
             narrate_records: also pass the observer the "seal" and "open"
                 steps, which carry plaintext (the demo's teaching output).
@@ -312,7 +318,13 @@ class ChatClient:
         self._trust = trust
         self._connect = connect
         self._emit = emit
+        if (expected_fingerprint is None) != (expected_address is None):
+            raise ValueError(
+                "expected_fingerprint and expected_address go together: "
+                "both come from one invite code"
+            )
         self._expected = expected_fingerprint
+        self._inviter_address = expected_address
         self._observer = observer
         self._narrate_records = narrate_records
         self._clock = clock
@@ -677,15 +689,26 @@ class ChatClient:
         """Who this peer must prove to be, checked before CONFIRM (5.2 step 4).
 
         The key the user accepted with /trust, else the key pinned to the
-        peer's address, else (in a room joined with an invite code, for a
-        peer not met before) the inviter's fingerprint.
+        peer's address, else (in a room joined with an invite code, for the
+        peer at the inviter's address, not met there before) the inviter's
+        fingerprint. Other peers are met by trust on first use: another
+        holder of the code cannot take the inviter's address, which only the
+        inviter's mailbox token proves to the relay (protocol.md section 19.2).
         """
         if peer.accepted is not None:
             return peer.accepted, None
         pinned = self._trust.pinned_at(self._slot(peer))
         if pinned is not None:
             return PublicIdentity(pinned), None
-        return None, self._expected
+        if self._is_inviter_address(peer):
+            return None, self._expected
+        return None, None
+
+    def _is_inviter_address(self, peer: _Peer) -> bool:
+        # Addresses are public routing values, not secrets.
+        return (
+            self._inviter_address is not None and peer.address == self._inviter_address
+        )
 
     def _start_handshake(self, peer: _Peer) -> None:
         self._new_session(peer).start()
@@ -1002,6 +1025,8 @@ class ChatClient:
         peer.nick = sanitize_nick(nickname)
         try:
             decision = self._trust.check(peer.identity.key, peer.nick, self._slot(peer))
+            if self._inviter_takes_name(peer, decision):
+                decision = self._give_name_to_inviter(peer)
         except (TrustStoreError, OSError) as exc:
             self._emit(ClientEvent("error", {"detail": f"trust store: {exc}"}))
             return
@@ -1028,6 +1053,36 @@ class ChatClient:
             return
         self._become_ready(peer, decision.state)
 
+    def _inviter_takes_name(self, peer: _Peer, decision: TrustDecision) -> bool:
+        """Whether the inviter's key replaces a nickname pinned on first use.
+
+        Another holder of the invite code may answer before the inviter,
+        under the inviter's nickname, and trust on first use pins that name
+        to its key. The peer at the inviter's address proved the inviter's
+        fingerprint before CONFIRM (protocol.md section 5.2, step 4), which
+        outranks a pin nobody verified; a name the user verified stays.
+        """
+        return (
+            decision.state == TrustState.CHANGED
+            and decision.pinned_by == "name"
+            and decision.previous_key is not None
+            and peer.nick is not None
+            and peer.identity is not None
+            and self._expected is not None
+            and self._is_inviter_address(peer)
+            and fingerprint_matches(peer.identity, self._expected)
+            and self._trust.state_of(decision.previous_key, peer.nick)
+            != TrustState.VERIFIED
+        )
+
+    def _give_name_to_inviter(self, peer: _Peer) -> TrustDecision:
+        # The earlier claimant keeps its session, shown as `nick#digits`
+        # beside the verified inviter; its next session is a name change.
+        assert peer.identity is not None and peer.nick is not None
+        logger.info("the inviter takes back the nickname pinned on first use")
+        self._trust.accept(peer.identity.key, peer.nick, self._slot(peer))
+        return TrustDecision(self._trust.state_of(peer.identity.key, peer.nick))
+
     def _slot(self, peer: _Peer) -> str | None:
         # In direct mode every peer has the same stand-in address: only the
         # name is pinned there.
@@ -1037,8 +1092,11 @@ class ChatClient:
 
     def _become_ready(self, peer: _Peer, state: TrustState) -> None:
         assert peer.identity is not None
+        # Verified by the invite only at the inviter's address: elsewhere
+        # the same key is met like anyone else (see _expectation).
         if (
             self._expected is not None
+            and self._is_inviter_address(peer)
             and state != TrustState.VERIFIED
             and fingerprint_matches(peer.identity, self._expected)
         ):

@@ -1,19 +1,28 @@
-"""Invite codes: a room secret, the inviter's fingerprint and the relay URL.
+"""Invite codes: room secret, inviter's fingerprint and address, relay URL.
 
 An invite code lets someone join a room and check, with no manual
 comparison, that the person on the other side is the one who invited them: a
 relay that substitutes keys is caught (protocol.md sections 3.1 and 5.2: the room
 secret keys the handshake, and the fingerprint pins the inviter's identity).
+The inviter's address in the room says where that check applies: only the
+peer at that address must prove the inviter's fingerprint, so one code can
+invite several people, who meet each other by trust on first use.
 
 Layout before encoding::
 
-    version u8 (0x01) || room_secret[32] || fingerprint u104 || url_len u8 || url
-    || checksum[4]
+    version u8 (0x02) || room_secret[32] || fingerprint u104 || address[32]
+    || url_len u8 || url || checksum[4]
 
 `fingerprint` is the inviter's 30-digit fingerprint as one big-endian
-integer (13 bytes). `checksum` is a 4-byte BLAKE2b of everything before it,
-so a mistyped code is refused with a clear error instead of joining a
-different room.
+integer (13 bytes). `address` is the inviter's 32-byte mailbox address in
+the room (chat.envelope.mailbox_address of its mailbox token there).
+`checksum` is a 4-byte BLAKE2b of everything before it, so a mistyped code
+is refused with a clear error instead of joining a different room or
+expecting the inviter at another address.
+
+Codes of version 1 (from older saltchat, without the address) are refused
+with an error that says so: read with the rule above they would make every
+peer prove the inviter's fingerprint, and the inviter must make a new code.
 
 The bytes are written in Crockford's base32 (digits and capitals without I,
 L, O, U), which reads aloud well and forgives the usual typos: reading is
@@ -35,8 +44,10 @@ from chat.transport import check_url
 __all__ = ["Invite", "InviteError", "decode_invite", "encode_invite"]
 
 _PREFIX = "sc1-"
-_VERSION = 1
+_VERSION = 2
+_OLD_VERSION = 1
 _SECRET_SIZE = 32
+_ADDRESS_SIZE = 32
 _FINGERPRINT_DIGITS = 30
 _FINGERPRINT_SIZE = 13
 _CHECKSUM_SIZE = 4
@@ -63,17 +74,20 @@ class Invite:
     Attributes:
         room_secret: the room's 32 random bytes (a secret: never print it).
         fingerprint: the inviter's identity fingerprint, 30 digits in groups.
+        address: the inviter's 32-byte mailbox address in the room, the only
+            place where a peer must prove `fingerprint`.
         relay: the relay URL the inviter uses.
     """
 
     room_secret: bytes
     fingerprint: str
+    address: bytes
     relay: str
 
     def __repr__(self) -> str:
         return (
             f"Invite(room_secret=[secret], fingerprint={self.fingerprint!r}, "
-            f"relay={self.relay!r})"
+            f"address={self.address.hex()!r}, relay={self.relay!r})"
         )
 
 
@@ -97,6 +111,8 @@ def encode_invite(invite: Invite) -> str:
         raise InviteError("room secret must be 32 bytes")
     if len(digits) != _FINGERPRINT_DIGITS or not digits.isdigit():
         raise InviteError("fingerprint must be 30 digits")
+    if len(invite.address) != _ADDRESS_SIZE:
+        raise InviteError("inviter's address must be 32 bytes")
     url = _check_url(invite.relay).encode("ascii")
 
     body = b"".join(
@@ -104,6 +120,7 @@ def encode_invite(invite: Invite) -> str:
             bytes([_VERSION]),
             invite.room_secret,
             int(digits).to_bytes(_FINGERPRINT_SIZE, "big"),
+            invite.address,
             bytes([len(url)]),
             url,
         )
@@ -133,6 +150,7 @@ def decode_invite(code: str) -> Invite:
 
     # The checksum first: a typo must read as a typo, not as a field error.
     if len(raw) < 1 + _SECRET_SIZE + _FINGERPRINT_SIZE + 1 + _CHECKSUM_SIZE:
+        # The shortest code of any version (version 1 had no address).
         raise InviteError("invite code is too short; copy the whole code")
     body, checksum = raw[:-_CHECKSUM_SIZE], raw[-_CHECKSUM_SIZE:]
     if not hmac.compare_digest(checksum, _checksum(body)):
@@ -150,6 +168,12 @@ def _base32_decode(text: str) -> bytes:
 
 
 def _parse_body(body: bytes) -> Invite:
+    if body[0] == _OLD_VERSION:
+        raise InviteError(
+            "this invite code is from an older version of saltchat (it does not "
+            "name the inviter's address in the room); ask the inviter for a new "
+            "code from `saltchat invite`"
+        )
     if body[0] != _VERSION:
         raise InviteError(
             f"invite code version {body[0]} is not supported; update saltchat"
@@ -158,6 +182,10 @@ def _parse_body(body: bytes) -> Invite:
     offset = 1 + _SECRET_SIZE
     number = int.from_bytes(body[offset : offset + _FINGERPRINT_SIZE], "big")
     offset += _FINGERPRINT_SIZE
+    address = body[offset : offset + _ADDRESS_SIZE]
+    offset += _ADDRESS_SIZE
+    if len(body) <= offset:
+        raise InviteError("invite code is too short; copy the whole code")
     url_len = body[offset]
     url_bytes = body[offset + 1 :]
     if len(url_bytes) != url_len or number >= 10**_FINGERPRINT_DIGITS:
@@ -169,7 +197,7 @@ def _parse_body(body: bytes) -> Invite:
 
     digits = f"{number:030d}"
     fingerprint = " ".join(digits[i : i + _GROUP] for i in range(0, 30, _GROUP))
-    return Invite(secret, fingerprint, url)
+    return Invite(secret, fingerprint, address, url)
 
 
 def _check_url(url: str) -> str:

@@ -244,29 +244,54 @@ async def test_invite_join_verifies_the_inviter(cluster: Cluster) -> None:
     assert secure["trust"] == "verified"
 
 
-async def test_invite_join_refuses_someone_else_with_the_code(
+async def test_one_invite_code_makes_a_group_secure_without_trust(
     cluster: Cluster,
 ) -> None:
     relay = await cluster.relay()
     alice = await cluster.client("alice", "invite", "--relay", relay.url)
     code = (await alice.wait_for("invite"))["code"]
     await alice.wait_for("ready")
-    await alice.quit()
-
-    # Mallory holds the code too, and answers in alice's place.
-    mallory = await cluster.client("alice", "join", code, home="mallory")
-    await mallory.wait_for("ready")
     bob = await cluster.client("bob", "join", code)
-    await bob.say("secret plan")
-    alert = await bob.wait_for("alert", kind="identity-changed")
-    await mallory.say("/who")
-    who = await mallory.wait_for("who")
+    carol = await cluster.client("carol", "join", code)
 
-    assert "invited you" in alert["detail"]
-    assert who["peers"] and not any(peer["secure"] for peer in who["peers"])
-    assert not bob.find("secure")
-    assert not mallory.find("secure")
-    assert not mallory.find("message")
+    for joiner, other in ((bob, "carol"), (carol, "bob")):
+        by_inviter = await joiner.wait_for("secure", peer="alice")
+        by_other = await joiner.wait_for("secure", peer=other)
+        assert by_inviter["verified"] is True
+        assert by_other["verified"] is False
+        assert by_other["trust"] == "unverified"
+    await bob.say("hello both")
+    await carol.wait_for("message", text="hello both")
+
+    assert not bob.find("alert")
+    assert not carol.find("alert")
+
+
+async def test_invite_join_never_verifies_someone_else_with_the_code(
+    cluster: Cluster,
+) -> None:
+    relay = await cluster.relay()
+    alice = await cluster.client("alice", "invite", "--relay", relay.url)
+    code = (await alice.wait_for("invite"))["code"]
+    await alice.wait_for("ready")
+    bob = await cluster.client("bob", "join", code)
+    await bob.wait_for("secure", peer="alice", verified=True)
+
+    # Mallory holds the code too, and answers as alice from her own address.
+    mallory = await cluster.client("alice", "join", code, home="mallory")
+    alert = await bob.wait_for("alert", kind="identity-changed")
+    await mallory.say("I am alice")
+    await mallory.say("/who")
+    await mallory.wait_for("who")
+    await bob.say("/who")
+    who = await bob.wait_for("who")
+
+    digits = alert["fingerprint"].replace(" ", "")[:5]
+    assert alert["peer"] == f"alice#{digits}"
+    assert not bob.find("secure", fingerprint=alert["fingerprint"])
+    assert not bob.find("message", text="I am alice")
+    verified = [peer["peer"] for peer in who["peers"] if peer["trust"] == "verified"]
+    assert verified == ["alice"]
 
 
 async def test_invite_join_catches_a_key_substituting_relay(cluster: Cluster) -> None:
@@ -312,6 +337,18 @@ async def test_direct_mode_without_relay(cluster: Cluster) -> None:
     await bob.wait_for("message", text="direct reply")
 
     assert url.startswith("ws://127.0.0.1:")
+
+
+async def test_direct_mode_invite_verifies_the_inviter(cluster: Cluster) -> None:
+    alice = await cluster.client("alice", "invite", "--listen", "127.0.0.1:0")
+    code = (await alice.wait_for("invite"))["code"]
+    url = (await alice.wait_for("ready"))["listening"]
+    # Over a direct link the inviter is the one peer at the other end.
+    bob = await cluster.client("bob", "join", code, "--connect", url)
+
+    secure = await bob.wait_for("secure", peer="alice")
+
+    assert secure["verified"] is True
 
 
 async def test_bad_stdin_gets_clear_errors_and_the_client_stays_up(

@@ -58,6 +58,7 @@ class Room:
         address: bytes,
         identity: Identity | None = None,
         expected: str | None = None,
+        inviter_at: bytes | None = None,
     ) -> Member:
         identity = identity or Identity.generate()
         events: list[ClientEvent] = []
@@ -70,6 +71,7 @@ class Room:
             connect=self.hub.connector(address),
             emit=events.append,
             expected_fingerprint=expected,
+            expected_address=inviter_at,
             backoff=_no_wait,
         )
         member = Member(client, address, identity, events)
@@ -210,10 +212,15 @@ async def test_a_new_key_claiming_a_pinned_name_is_held(room: Room) -> None:
     assert impostor.find("delivered", id=message_id)
 
 
+def _invited(room: Room, nick: str, address: bytes, inviter: Identity) -> Member:
+    # Joined with a code that names the inviter at address B.
+    return room.join(nick, address, expected=inviter.public.fingerprint(), inviter_at=B)
+
+
 async def test_an_invite_refuses_a_peer_that_is_not_the_inviter(room: Room) -> None:
     inviter = Identity.generate()
     kinds = _kinds_sent(room, A, B)
-    joiner = room.join("joiner", A, expected=inviter.public.fingerprint())
+    joiner = _invited(room, "joiner", A, inviter)
     joiner.client.send_message("secret plan")
     mallory = room.join("alice", B)
     await room.hub.settle()
@@ -229,13 +236,70 @@ async def test_an_invite_refuses_a_peer_that_is_not_the_inviter(room: Room) -> N
 
 async def test_an_invite_marks_the_inviter_verified(room: Room) -> None:
     inviter = Identity.generate()
-    joiner = room.join("joiner", A, expected=inviter.public.fingerprint())
+    joiner = _invited(room, "joiner", A, inviter)
     room.join("alice", B, inviter)
     await room.hub.settle()
 
     (secure,) = joiner.find("secure")
     assert secure["verified"] is True
     assert not joiner.find("alert")
+
+
+async def test_one_invite_makes_a_group_of_three_secure_without_trust(
+    room: Room,
+) -> None:
+    inviter = Identity.generate()
+    room.join("alice", B, inviter)
+    bob = _invited(room, "bob", A, inviter)
+    carol = _invited(room, "carol", C, inviter)
+    await room.hub.settle()
+
+    for joiner, other in ((bob, "carol"), (carol, "bob")):
+        assert not joiner.find("alert")
+        (by_inviter,) = joiner.find("secure", peer="alice")
+        assert by_inviter["verified"] is True
+        (by_other,) = joiner.find("secure", peer=other)
+        assert by_other["verified"] is False
+        assert by_other["trust"] == "unverified"
+
+
+async def test_another_holder_of_the_code_is_never_the_inviter(room: Room) -> None:
+    inviter = Identity.generate()
+    room.join("alice", B, inviter)
+    joiner = _invited(room, "joiner", A, inviter)
+    await room.hub.settle()
+
+    # Mallory holds the same code and claims the inviter's nickname, from
+    # her own address: she cannot take the inviter's.
+    mallory = room.join("alice", C)
+    await room.hub.settle()
+
+    # The name pinned to the inviter's key makes her a loud change, shown
+    # with her own fingerprint digits; nothing of hers is shown or verified.
+    digits = mallory.identity.public.fingerprint().replace(" ", "")[:5]
+    (alert,) = joiner.find("alert", kind="identity-changed")
+    assert alert["peer"] == f"alice#{digits}"
+    mallory.client.send_message("I am alice")
+    await room.hub.settle()
+    assert not joiner.find("message", text="I am alice")
+    assert not joiner.find("secure", fingerprint=alert["fingerprint"])
+    (secure,) = joiner.find("secure")
+    assert secure["peer"] == "alice" and secure["verified"] is True
+
+
+async def test_another_holder_before_the_inviter_is_only_unverified(
+    room: Room,
+) -> None:
+    inviter = Identity.generate()
+    joiner = _invited(room, "joiner", A, inviter)
+    mallory = room.join("alice", C)
+    await room.hub.settle()
+
+    # Met first, at her own address, she is trust on first use: unverified.
+    (secure,) = joiner.find("secure")
+    assert secure["fingerprint"] == mallory.identity.public.fingerprint()
+    assert secure["verified"] is False
+    assert not joiner.find("secure", verified=True)
 
 
 async def test_outbox_keeps_messages_until_a_peer_arrives(room: Room) -> None:
@@ -710,9 +774,47 @@ async def test_a_refusal_does_not_unhold_a_later_name_change(room: Room) -> None
     assert not again.find("delivered", id=message_id, to="alice")
 
 
-async def test_trust_accepts_someone_else_in_an_invite_room(room: Room) -> None:
+async def test_the_inviter_takes_back_its_name_from_an_earlier_claimant(
+    room: Room,
+) -> None:
     inviter = Identity.generate()
-    joiner = room.join("joiner", A, expected=inviter.public.fingerprint())
+    joiner = _invited(room, "joiner", A, inviter)
+    mallory = room.join("alice", C)
+    await room.hub.settle()
+    assert joiner.find("secure", peer="alice", verified=False)
+
+    # The inviter arrives under the nickname mallory took first.
+    room.join("alice", B, inviter)
+    await room.hub.settle()
+
+    assert not joiner.find("alert")
+    (secure,) = joiner.find("secure", verified=True)
+    assert secure["fingerprint"] == inviter.public.fingerprint()
+    digits = mallory.identity.public.fingerprint().replace(" ", "")[:5]
+    names = {peer["peer"]: peer["trust"] for peer in joiner.client.who()}
+    assert names == {"alice": "verified", f"alice#{digits}": "unverified"}
+
+
+async def test_the_inviter_leaves_a_verified_name_alone(room: Room) -> None:
+    inviter = Identity.generate()
+    joiner = _invited(room, "joiner", A, inviter)
+    room.join("alice", C)
+    await room.hub.settle()
+    joiner.client.verify("alice", "yes")
+
+    room.join("alice", B, inviter)
+    await room.hub.settle()
+
+    (alert,) = joiner.find("alert", kind="identity-changed")
+    assert alert["fingerprint"] == inviter.public.fingerprint()
+    assert not joiner.find("secure", fingerprint=inviter.public.fingerprint())
+
+
+async def test_trust_accepts_someone_else_at_the_inviters_address(
+    room: Room,
+) -> None:
+    inviter = Identity.generate()
+    joiner = _invited(room, "joiner", A, inviter)
     carol = room.join("carol", B)
     await room.hub.settle()
     (alert,) = joiner.find("alert", kind="identity-changed")

@@ -14,6 +14,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from chat import cli
+from chat import invite as invite_module
 from chat.client import (
     ClientEvent,
     CommandError,
@@ -34,6 +35,7 @@ from chat.ui.plain import PlainRenderer, describe
 
 FINGERPRINT = "12345 67890 00001 99999 54321 00000"
 SECRET = bytes(range(32))
+ADDRESS = bytes(range(100, 132))
 
 
 def _mode(path: Path) -> int:
@@ -186,23 +188,54 @@ def test_corrupt_trust_store_is_a_clear_error(tmp_path: Path) -> None:
 
 
 def test_invite_round_trip() -> None:
-    invite = Invite(SECRET, FINGERPRINT, "ws://relay.example:8765")
+    invite = Invite(SECRET, FINGERPRINT, ADDRESS, "ws://relay.example:8765")
     assert decode_invite(encode_invite(invite)) == invite
 
 
 def test_invite_forgives_case_dashes_and_look_alikes() -> None:
-    code = encode_invite(Invite(SECRET, FINGERPRINT, "ws://127.0.0.1:8765"))
+    code = encode_invite(Invite(SECRET, FINGERPRINT, ADDRESS, "ws://127.0.0.1:8765"))
     sloppy = code.lower().replace("0", "o").replace("1", "l").replace("-", " - ")
     assert decode_invite(sloppy).room_secret == SECRET
 
 
 def test_invite_with_a_typo_is_refused() -> None:
-    code = encode_invite(Invite(SECRET, FINGERPRINT, "ws://127.0.0.1:8765"))
+    code = encode_invite(Invite(SECRET, FINGERPRINT, ADDRESS, "ws://127.0.0.1:8765"))
     position = 10
     swapped = "A" if code[position] != "A" else "B"
     typo = code[:position] + swapped + code[position + 1 :]
     with pytest.raises(InviteError, match="typo"):
         decode_invite(typo)
+
+
+def test_invite_with_a_tampered_address_fails_the_checksum(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    code = encode_invite(Invite(SECRET, FINGERPRINT, ADDRESS, "ws://127.0.0.1:8765"))
+    text = code[len("sc1-") :].replace("-", "")
+    # Characters 74 to 124 carry bits of the address only (bytes 46 to 77).
+    position = 100
+    swapped = "A" if text[position] != "A" else "B"
+    tampered = "sc1-" + text[:position] + swapped + text[position + 1 :]
+
+    with pytest.raises(InviteError, match="typo"):
+        decode_invite(tampered)
+
+    # The change lands in the address alone: without the checksum it reads.
+    with monkeypatch.context() as patched:
+        patched.setattr("chat.invite.hmac.compare_digest", lambda a, b: True)
+        read = decode_invite(tampered)
+    assert read.address != ADDRESS
+    assert (read.room_secret, read.fingerprint) == (SECRET, FINGERPRINT)
+
+
+def test_invite_from_an_older_version_is_refused_clearly(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    with monkeypatch.context() as patched:
+        patched.setattr(invite_module, "_VERSION", 1)
+        code = encode_invite(Invite(SECRET, FINGERPRINT, ADDRESS, "ws://x:1"))
+    with pytest.raises(InviteError, match="older version"):
+        decode_invite(code)
 
 
 def test_invite_without_prefix_is_refused() -> None:
@@ -211,7 +244,7 @@ def test_invite_without_prefix_is_refused() -> None:
 
 
 def test_invite_repr_hides_the_room_secret() -> None:
-    invite = Invite(SECRET, FINGERPRINT, "ws://x")
+    invite = Invite(SECRET, FINGERPRINT, ADDRESS, "ws://x")
     assert SECRET.hex() not in repr(invite)
     assert "[secret]" in repr(invite)
 

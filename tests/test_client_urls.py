@@ -62,7 +62,7 @@ def _code_with_relay(url: str, monkeypatch: pytest.MonkeyPatch) -> str:
     # Made as a hostile inviter would: without the encoder's own check.
     with monkeypatch.context() as patched:
         patched.setattr(invite, "_check_url", lambda text: text)
-        return encode_invite(Invite(bytes(32), FINGERPRINT, url))
+        return encode_invite(Invite(bytes(32), FINGERPRINT, bytes(32), url))
 
 
 @pytest.mark.parametrize("url", MALFORMED)
