@@ -18,14 +18,15 @@ in that room is stable across runs and stored frames reach the next run.
 
 from __future__ import annotations
 
-import contextlib
-import os
 import secrets
 import stat
 from collections.abc import Mapping
 from pathlib import Path
 
+from chat.core.identity import write_private
+
 __all__ = ["Home", "HomeError", "resolve_home", "write_private"]
+
 
 _TOKEN_SIZE = 32
 
@@ -51,26 +52,6 @@ def resolve_home(explicit: str | None, environ: Mapping[str, str]) -> Path:
     if environ.get("XDG_DATA_HOME"):
         return Path(environ["XDG_DATA_HOME"]).expanduser() / "saltchat"
     return Path.home() / ".local" / "share" / "saltchat"
-
-
-def write_private(path: Path, data: bytes) -> None:
-    """Write `data` to `path` atomically with mode 0600.
-
-    A temporary file is created with 0600 from the start (never readable by
-    others, even briefly), flushed to disk, then renamed over `path`.
-    """
-    tmp = path.with_name(f".{path.name}.{secrets.token_hex(4)}.tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-    try:
-        with os.fdopen(fd, "wb") as handle:
-            handle.write(data)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            tmp.unlink()
-        raise
 
 
 class Home:

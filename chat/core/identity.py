@@ -33,6 +33,7 @@ __all__ = [
     "PublicIdentity",
     "fingerprint_matches",
     "safety_number",
+    "write_private",
 ]
 
 #: BLAKE2b iterations behind each fingerprint (protocol.md section 4.3).
@@ -159,7 +160,7 @@ class Identity:
             passphrase: If given, the seed is sealed under an Argon2id key.
         """
         document = _seal_seed(bytes(self._signing_key), self._public, passphrase)
-        _atomic_write(Path(path), json.dumps(document, indent=2).encode() + b"\n")
+        write_private(Path(path), json.dumps(document, indent=2).encode() + b"\n")
 
     @classmethod
     def load(cls, path: Path, passphrase: bytes | None = None) -> Identity:
@@ -284,9 +285,14 @@ def _read_document(path: Path) -> dict[str, Any]:
     return document
 
 
-def _atomic_write(path: Path, data: bytes) -> None:
-    """Write via a 0600 temporary file in the same directory, then rename."""
-    fd, tmp_name = tempfile.mkstemp(prefix=".saltchat-key-", dir=path.parent)
+def write_private(path: Path, data: bytes) -> None:
+    """Write `data` to `path` atomically with mode 0600.
+
+    A temporary file in the same directory, never readable by others even
+    briefly, is flushed to disk and then renamed over `path`. The client
+    writes its other private files (trust store, mailbox tokens) this way too.
+    """
+    fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
     try:
         os.fchmod(fd, 0o600)
         with os.fdopen(fd, "wb") as handle:
