@@ -28,7 +28,7 @@ from prometheus_client import CollectorRegistry
 from websockets.asyncio.server import Server, ServerConnection, serve
 from websockets.http11 import Request, Response
 
-from server.backends.base import Fanout, Mailbox, StorageUnavailable
+from server.backends.base import Fanout, Mailbox, MailboxBounds, StorageUnavailable
 from server.backends.memory import MemoryFanout
 from server.backends.sqlite import SqliteMailbox
 from server.config import RelayConfig
@@ -78,14 +78,7 @@ async def open_backends(
 
     mailbox = SqliteMailbox(
         config.mailbox_path,
-        ttl=config.mailbox_ttl,
-        max_frames=config.mailbox_max_frames,
-        max_bytes=config.mailbox_max_bytes,
-        sender_frames=config.mailbox_sender_frames,
-        sender_bytes=config.mailbox_sender_bytes,
-        total_frames=config.store_max_frames,
-        total_bytes=config.store_max_bytes,
-        probation=config.membership_probation,
+        MailboxBounds.from_config(config),
         clock=clock,
     )
     await mailbox.open()

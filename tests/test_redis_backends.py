@@ -14,11 +14,17 @@ from pathlib import Path
 import pytest
 
 from chat.envelope import PresenceKind, encode_deliver
-from server.backends.base import RoomFull, StorageFull, StorageUnavailable
+from server.backends.base import (
+    MailboxBounds,
+    RoomFull,
+    StorageFull,
+    StorageUnavailable,
+)
 from server.backends.redis import RedisFanout, RedisLink, RedisMailbox
 from server.backends.redis.link import redacted
 from server.backends.redis.mailbox import frame_id_of, stream_id_of
 from tests.redis_helpers import RedisServer, free_port, need_binary
+from tests.test_relay_backends import BOUNDED, SMALL
 
 ROOM = b"r" * 32
 OTHER_ROOM = b"o" * 32
@@ -27,6 +33,9 @@ BOB = b"b" * 32
 CAROL = b"c" * 32
 WAIT = 10.0
 """Seconds any wait on an event may take before the test fails."""
+
+ROOMY = MailboxBounds(ttl=100, max_frames=10, max_bytes=1000)
+"""Bounds of the mailboxes the fan-outs are given."""
 
 
 class Clock:
@@ -54,7 +63,7 @@ async def link(redis_server: RedisServer) -> AsyncIterator[RedisLink]:
 
 @pytest.fixture
 async def mailbox(link: RedisLink, clock: Clock) -> RedisMailbox:
-    return RedisMailbox(link, ttl=100, max_frames=3, max_bytes=10, clock=clock)
+    return RedisMailbox(link, SMALL, clock=clock)
 
 
 # The mailbox: the cases shared with SQLite run in tests/test_relay_backends.py;
@@ -98,18 +107,7 @@ async def test_storing_drops_the_mailboxs_expired_frames_at_once(
 
 def _bounded(link: RedisLink, clock: Clock) -> RedisMailbox:
     """A mailbox with a probation (60 s) much shorter than its ttl (1000 s)."""
-    return RedisMailbox(
-        link,
-        ttl=1000,
-        max_frames=10,
-        max_bytes=100,
-        sender_frames=5,
-        sender_bytes=50,
-        total_frames=5,
-        total_bytes=50,
-        probation=60,
-        clock=clock,
-    )
+    return RedisMailbox(link, BOUNDED, clock=clock)
 
 
 async def test_membership_records_expire_by_themselves(
@@ -179,11 +177,11 @@ async def test_relays_sharing_a_store_never_overshoot_the_overall_cap(
 async def test_a_frame_stored_through_one_relay_is_fetched_through_another(
     redis_server: RedisServer, link: RedisLink, clock: Clock
 ) -> None:
-    first = RedisMailbox(link, ttl=100, max_frames=3, max_bytes=10, clock=clock)
+    first = RedisMailbox(link, SMALL, clock=clock)
     other_link = RedisLink.open(
         redis_server.url, prefix=_prefix_of(link), timeout=2, connections=4
     )
-    second = RedisMailbox(other_link, ttl=100, max_frames=3, max_bytes=10, clock=clock)
+    second = RedisMailbox(other_link, SMALL, clock=clock)
     frame_id = await first.store(ROOM, BOB, ALICE, b"kept")
     assert [f.frame_id for f in await second.fetch(ROOM, BOB, 0, 10)] == [frame_id]
     assert await second.ack(ROOM, BOB, frame_id)
@@ -198,7 +196,9 @@ def _prefix_of(link: RedisLink) -> str:
 async def test_unreachable_redis_raises_storage_unavailable(clock: Clock) -> None:
     url = f"redis://:secret@127.0.0.1:{free_port()}/0"
     dead = RedisLink.open(url, prefix="x", timeout=0.5, connections=2)
-    mailbox = RedisMailbox(dead, ttl=1, max_frames=1, max_bytes=1, clock=clock)
+    mailbox = RedisMailbox(
+        dead, MailboxBounds(ttl=1, max_frames=1, max_bytes=1), clock=clock
+    )
     with pytest.raises(StorageUnavailable):
         await mailbox.check()
     with pytest.raises(StorageUnavailable):
@@ -258,7 +258,7 @@ async def relays(
         own = RedisLink.open(
             redis_server.url, prefix=_prefix_of(link), timeout=2, connections=8
         )
-        mailbox = RedisMailbox(own, ttl=100, max_frames=10, max_bytes=1000)
+        mailbox = RedisMailbox(own, ROOMY)
         fanout = RedisFanout(
             own,
             mailbox,
@@ -400,7 +400,7 @@ async def test_healthy_only_while_pub_sub_listens(tmp_path: Path) -> None:
     server = RedisServer(need_binary("redis-server"), tmp_path)
     server.start()
     own = RedisLink.open(server.url, prefix="h", timeout=0.5, connections=4)
-    mailbox = RedisMailbox(own, ttl=100, max_frames=10, max_bytes=1000)
+    mailbox = RedisMailbox(own, ROOMY)
     fanout = RedisFanout(
         own,
         mailbox,

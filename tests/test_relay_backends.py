@@ -13,13 +13,13 @@ import os
 import sqlite3
 from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
-from typing import Any
 
 import pytest
 
 from chat.envelope import PresenceKind
 from server.backends.base import (
     Mailbox,
+    MailboxBounds,
     MailboxDepth,
     MailboxFull,
     RoomFull,
@@ -29,6 +29,7 @@ from server.backends.base import (
 from server.backends.memory import MemoryFanout
 from server.backends.redis import RedisLink, RedisMailbox
 from server.backends.sqlite import SqliteMailbox
+from server.config import RelayConfig
 
 ROOM = b"r" * 32
 OTHER_ROOM = b"o" * 32
@@ -52,23 +53,23 @@ def clock() -> Clock:
     return Clock()
 
 
-Make = Callable[..., Awaitable[Mailbox]]
-"""Opens a mailbox with the given settings on the test's one store."""
+Make = Callable[[MailboxBounds], Awaitable[Mailbox]]
+"""Opens a mailbox with the given bounds on the test's one store."""
 
-SMALL: dict[str, Any] = {"ttl": 100, "max_frames": 3, "max_bytes": 10}
-"""Settings of `mailbox`: caps of one mailbox only."""
+SMALL = MailboxBounds(ttl=100, max_frames=3, max_bytes=10)
+"""Bounds of `mailbox`: caps of one mailbox only."""
 
-BOUNDED: dict[str, Any] = {
-    "ttl": 1000,
-    "max_frames": 10,
-    "max_bytes": 100,
-    "sender_frames": 2,
-    "sender_bytes": 10,
-    "total_frames": 5,
-    "total_bytes": 30,
-    "probation": 60,
-}
-"""Settings of `bounded`: every cap of its own, see each test."""
+BOUNDED = MailboxBounds(
+    ttl=1000,
+    max_frames=10,
+    max_bytes=100,
+    sender_frames=2,
+    sender_bytes=10,
+    total_frames=5,
+    total_bytes=30,
+    probation=60,
+)
+"""Bounds of `bounded` (and of tests/test_redis_backends.py): every cap of its own."""
 
 
 @pytest.fixture(params=["sqlite", "redis"])
@@ -86,15 +87,15 @@ async def make(
     prefix = "test-" + os.urandom(6).hex()
     opened: list[Mailbox] = []
 
-    async def open_mailbox(**settings: Any) -> Mailbox:
+    async def open_mailbox(bounds: MailboxBounds) -> Mailbox:
         store: Mailbox
         if server is None:
-            sqlite = SqliteMailbox(tmp_path / "mail.sqlite3", clock=clock, **settings)
+            sqlite = SqliteMailbox(tmp_path / "mail.sqlite3", bounds, clock=clock)
             await sqlite.open()
             store = sqlite
         else:
             link = RedisLink.open(server.url, prefix=prefix, timeout=2, connections=4)
-            store = RedisMailbox(link, clock=clock, **settings)
+            store = RedisMailbox(link, bounds, clock=clock)
         opened.append(store)
         return store
 
@@ -105,12 +106,53 @@ async def make(
 
 @pytest.fixture
 async def mailbox(make: Make) -> Mailbox:
-    return await make(**SMALL)
+    return await make(SMALL)
 
 
 @pytest.fixture
 async def bounded(make: Make) -> Mailbox:
-    return await make(**BOUNDED)
+    return await make(BOUNDED)
+
+
+# The bounds every mailbox takes.
+
+
+def test_bounds_left_out_take_their_defaults() -> None:
+    bounds = MailboxBounds(ttl=100, max_frames=3, max_bytes=10)
+    assert (bounds.sender_frames, bounds.sender_bytes) == (3, 10)
+    assert (bounds.total_frames, bounds.total_bytes) == (None, None)
+    assert bounds.probation == 100
+
+
+def test_probation_never_exceeds_the_ttl() -> None:
+    bounds = MailboxBounds(ttl=100, max_frames=3, max_bytes=10, probation=500)
+    assert bounds.probation == 100
+
+
+def test_bounds_from_config_take_each_setting() -> None:
+    config = RelayConfig(
+        mailbox_ttl=1000,
+        mailbox_max_frames=11,
+        mailbox_max_bytes=12,
+        mailbox_sender_frames=13,
+        mailbox_sender_bytes=14,
+        store_max_frames=15,
+        store_max_bytes=16,
+        membership_probation=17,
+    )
+    assert MailboxBounds.from_config(config) == MailboxBounds(
+        ttl=1000,
+        max_frames=11,
+        max_bytes=12,
+        sender_frames=13,
+        sender_bytes=14,
+        total_frames=15,
+        total_bytes=16,
+        probation=17,
+    )
+
+
+# The mailbox on either backend.
 
 
 async def test_store_then_fetch_oldest_first(mailbox: Mailbox) -> None:
@@ -223,11 +265,11 @@ async def test_depth_counts_frames_and_bytes(mailbox: Mailbox) -> None:
 
 
 async def test_committed_frames_survive_reopening(make: Make) -> None:
-    first = await make(**SMALL)
+    first = await make(SMALL)
     await first.store(ROOM, BOB, ALICE, b"kept")
     await first.close()
 
-    second = await make(**SMALL)
+    second = await make(SMALL)
     assert [f.payload for f in await second.fetch(ROOM, BOB, 0, 10)] == [b"kept"]
 
 
@@ -296,12 +338,12 @@ async def test_purge_frees_the_overall_cap(bounded: Mailbox, clock: Clock) -> No
 
 
 async def test_overall_cap_counts_frames_kept_before_reopening(make: Make) -> None:
-    first = await make(**BOUNDED)
+    first = await make(BOUNDED)
     for n in range(5):
         await first.store(ROOM, bytes([n]) * 32, ALICE, b"x")
     await first.close()
 
-    second = await make(**BOUNDED)
+    second = await make(BOUNDED)
     with pytest.raises(StorageFull):
         await second.store(ROOM, BOB, ALICE, b"x")
     assert await second.depth() == MailboxDepth(frames=5, bytes=5)
@@ -352,7 +394,7 @@ async def test_expired_membership_comes_back_unused(
 
 
 def _sqlite(tmp_path: Path, clock: Clock) -> SqliteMailbox:
-    return SqliteMailbox(tmp_path / "bounded.sqlite3", clock=clock, **BOUNDED)
+    return SqliteMailbox(tmp_path / "bounded.sqlite3", BOUNDED, clock=clock)
 
 
 async def test_purge_removes_unused_memberships_after_probation(
@@ -405,7 +447,8 @@ async def test_closed_store_raises_storage_unavailable(
 async def test_unopenable_store_raises_storage_unavailable(tmp_path: Path) -> None:
     blocker = tmp_path / "file"
     blocker.write_text("not a directory")
-    store = SqliteMailbox(blocker / "mail.sqlite3", ttl=1, max_frames=1, max_bytes=1)
+    bounds = MailboxBounds(ttl=1, max_frames=1, max_bytes=1)
+    store = SqliteMailbox(blocker / "mail.sqlite3", bounds)
     with pytest.raises(StorageUnavailable):
         await store.open()
     await store.close()

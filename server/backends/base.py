@@ -15,10 +15,8 @@ A backend module other than the embedded one (``server.backends.redis``)
 exposes one coroutine, ``open_backends(config: RelayConfig, clock) ->
 tuple[Mailbox, Fanout]``, which the relay calls at start when ``--redis`` is
 given; the relay calls ``close()`` on both when it stops. The bounds of the mailbox
-(see `Mailbox`) come from that configuration: ``mailbox_ttl``,
-``membership_probation``, ``mailbox_max_frames``, ``mailbox_max_bytes``,
-``mailbox_sender_frames``, ``mailbox_sender_bytes``, ``store_max_frames`` and
-``store_max_bytes``.
+(see `Mailbox`) come from that configuration through
+`MailboxBounds.from_config`.
 
 Rules every implementation follows, so that the relay behaves the same on
 either:
@@ -54,11 +52,13 @@ from dataclasses import dataclass
 from typing import Protocol
 
 from chat.envelope import PresenceKind
+from server.config import RelayConfig
 
 __all__ = [
     "BackendError",
     "Fanout",
     "Mailbox",
+    "MailboxBounds",
     "MailboxDepth",
     "MailboxFull",
     "Member",
@@ -125,6 +125,86 @@ class MailboxDepth:
     bytes: int
 
 
+@dataclass(frozen=True, slots=True, init=False)
+class MailboxBounds:
+    """How long a mailbox keeps its records and how much it holds.
+
+    Every `Mailbox` implementation takes one; the relay makes it from its
+    configuration with `from_config`. The bounds left out take the defaults
+    below, applied here and nowhere else, so that every implementation
+    resolves them alike.
+
+    Args:
+        ttl: seconds a frame or a used membership is kept (see `Mailbox`).
+        max_frames: most frames one mailbox holds.
+        max_bytes: most payload bytes one mailbox holds.
+        sender_frames: most frames one sender holds in one mailbox; default
+            `max_frames`.
+        sender_bytes: most payload bytes one sender holds in one mailbox;
+            default `max_bytes`.
+        total_frames: most frames all mailboxes hold together; default none.
+        total_bytes: most payload bytes all mailboxes hold together; default
+            none.
+        probation: seconds a never used membership is kept; default `ttl`,
+            and never more than `ttl`.
+    """
+
+    ttl: float
+    max_frames: int
+    max_bytes: int
+    sender_frames: int
+    sender_bytes: int
+    total_frames: int | None
+    total_bytes: int | None
+    probation: float
+
+    def __init__(
+        self,
+        *,
+        ttl: float,
+        max_frames: int,
+        max_bytes: int,
+        sender_frames: int | None = None,
+        sender_bytes: int | None = None,
+        total_frames: int | None = None,
+        total_bytes: int | None = None,
+        probation: float | None = None,
+    ) -> None:
+        # The class is frozen: each field is set once, here, past its guard.
+        resolved = {
+            "ttl": ttl,
+            "max_frames": max_frames,
+            "max_bytes": max_bytes,
+            "sender_frames": max_frames if sender_frames is None else sender_frames,
+            "sender_bytes": max_bytes if sender_bytes is None else sender_bytes,
+            "total_frames": total_frames,
+            "total_bytes": total_bytes,
+            "probation": ttl if probation is None else min(probation, ttl),
+        }
+        for name, value in resolved.items():
+            object.__setattr__(self, name, value)
+
+    @classmethod
+    def from_config(cls, config: RelayConfig) -> MailboxBounds:
+        """The bounds the relay's settings name.
+
+        Those are ``mailbox_ttl``, ``mailbox_max_frames``,
+        ``mailbox_max_bytes``, ``mailbox_sender_frames``,
+        ``mailbox_sender_bytes``, ``store_max_frames``, ``store_max_bytes``
+        and ``membership_probation`` (see server/config.py).
+        """
+        return cls(
+            ttl=config.mailbox_ttl,
+            max_frames=config.mailbox_max_frames,
+            max_bytes=config.mailbox_max_bytes,
+            sender_frames=config.mailbox_sender_frames,
+            sender_bytes=config.mailbox_sender_bytes,
+            total_frames=config.store_max_frames,
+            total_bytes=config.store_max_bytes,
+            probation=config.membership_probation,
+        )
+
+
 class Mailbox(Protocol):
     """Durable store of opaque frames per recipient, plus room membership.
 
@@ -133,7 +213,8 @@ class Mailbox(Protocol):
     relay before it calls in here) proves ownership. Every method that takes
     an address acts only on that address's own mailbox.
 
-    Time to live: a membership record is *used* once its member sent a frame
+    Time to live (`ttl` and `probation` are the mailbox's `MailboxBounds`): a
+    membership record is *used* once its member sent a frame
     in the room (`remember` with ``used=True``) or a frame was stored for it
     (`store` marks the recipient's membership used); being used is never
     undone. A used membership expires `ttl` seconds after the member was last

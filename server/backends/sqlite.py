@@ -30,6 +30,7 @@ from typing import TypeVar
 from server.backends.base import (
     BackendError,
     Mailbox,
+    MailboxBounds,
     MailboxDepth,
     MailboxFull,
     StorageFull,
@@ -71,43 +72,19 @@ class SqliteMailbox(Mailbox):
 
     Args:
         path: the database file; its directory is created if missing.
-        ttl: seconds a frame or a used membership is kept (see `Mailbox`).
-        max_frames: most frames one mailbox holds.
-        max_bytes: most payload bytes one mailbox holds.
-        sender_frames: most frames one sender holds in one mailbox; default
-            `max_frames`.
-        sender_bytes: most payload bytes one sender holds in one mailbox;
-            default `max_bytes`.
-        total_frames: most frames all mailboxes hold together; default none.
-        total_bytes: most payload bytes all mailboxes hold together; default
-            none.
-        probation: seconds a never used membership is kept; default `ttl`.
+        bounds: how long records are kept and how much the mailboxes hold.
         clock: returns the time in seconds; injected by tests.
     """
 
     def __init__(
         self,
         path: Path,
+        bounds: MailboxBounds,
         *,
-        ttl: float,
-        max_frames: int,
-        max_bytes: int,
-        sender_frames: int | None = None,
-        sender_bytes: int | None = None,
-        total_frames: int | None = None,
-        total_bytes: int | None = None,
-        probation: float | None = None,
         clock: Callable[[], float] = time.time,
     ) -> None:
         self._path = path
-        self._ttl = ttl
-        self._probation = ttl if probation is None else min(probation, ttl)
-        self._max_frames = max_frames
-        self._max_bytes = max_bytes
-        self._sender_frames = max_frames if sender_frames is None else sender_frames
-        self._sender_bytes = max_bytes if sender_bytes is None else sender_bytes
-        self._total_frames = total_frames
-        self._total_bytes = total_bytes
+        self._bounds = bounds
         self._held = MailboxDepth(frames=0, bytes=0)
         self._clock = clock
         self._db: sqlite3.Connection | None = None
@@ -153,10 +130,10 @@ class SqliteMailbox(Mailbox):
         return self._db
 
     def _cutoff(self) -> float:
-        return self._clock() - self._ttl
+        return self._clock() - self._bounds.ttl
 
     def _probation_cutoff(self) -> float:
-        return self._clock() - self._probation
+        return self._clock() - self._bounds.probation
 
     async def remember(
         self, room_id: bytes, address: bytes, *, used: bool = False
@@ -259,25 +236,25 @@ class SqliteMailbox(Mailbox):
     ) -> BackendError | None:
         """Why a frame of `size` bytes may not be stored now, if it may not."""
         # The overall cap first: it costs no query.
-        held = self._held
-        if (self._total_frames is not None and held.frames >= self._total_frames) or (
-            self._total_bytes is not None and held.bytes + size > self._total_bytes
+        bounds, held = self._bounds, self._held
+        if (bounds.total_frames is not None and held.frames >= bounds.total_frames) or (
+            bounds.total_bytes is not None and held.bytes + size > bounds.total_bytes
         ):
             return StorageFull(
                 "the relay's store holds its overall maximum of frames or bytes;"
                 " try again once recipients have fetched their mail"
             )
 
-        cutoff = now - self._ttl
+        cutoff = now - bounds.ttl
         frames, total = db.execute(
             "SELECT count(*), coalesce(sum(length(payload)), 0) FROM frames"
             " WHERE room = ? AND recipient = ? AND stored > ?",
             (room_id, recipient, cutoff),
         ).fetchone()
-        if frames + 1 > self._max_frames or total + size > self._max_bytes:
+        if frames + 1 > bounds.max_frames or total + size > bounds.max_bytes:
             return MailboxFull(
-                f"mailbox holds its maximum of {self._max_frames} frames"
-                f" or {self._max_bytes} bytes; the recipient must fetch first"
+                f"mailbox holds its maximum of {bounds.max_frames} frames"
+                f" or {bounds.max_bytes} bytes; the recipient must fetch first"
             )
 
         # One sender may take only its share, so others can still leave mail.
@@ -286,10 +263,10 @@ class SqliteMailbox(Mailbox):
             " WHERE room = ? AND recipient = ? AND sender = ? AND stored > ?",
             (room_id, recipient, sender, cutoff),
         ).fetchone()
-        if frames + 1 > self._sender_frames or total + size > self._sender_bytes:
+        if frames + 1 > bounds.sender_frames or total + size > bounds.sender_bytes:
             return MailboxFull(
-                f"this sender holds its maximum of {self._sender_frames} frames"
-                f" or {self._sender_bytes} bytes in that mailbox;"
+                f"this sender holds its maximum of {bounds.sender_frames} frames"
+                f" or {bounds.sender_bytes} bytes in that mailbox;"
                 " the recipient must fetch first"
             )
         return None

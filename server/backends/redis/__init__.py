@@ -12,7 +12,7 @@ import logging
 import time
 from collections.abc import Callable
 
-from server.backends.base import StorageUnavailable
+from server.backends.base import MailboxBounds, StorageUnavailable
 from server.backends.redis.fanout import RedisFanout
 from server.backends.redis.link import RedisLink, redacted
 from server.backends.redis.mailbox import RedisMailbox
@@ -43,14 +43,7 @@ async def open_backends(
     )
     mailbox = RedisMailbox(
         link,
-        ttl=config.mailbox_ttl,
-        max_frames=config.mailbox_max_frames,
-        max_bytes=config.mailbox_max_bytes,
-        sender_frames=config.mailbox_sender_frames,
-        sender_bytes=config.mailbox_sender_bytes,
-        total_frames=config.store_max_frames,
-        total_bytes=config.store_max_bytes,
-        probation=config.membership_probation,
+        MailboxBounds.from_config(config),
         clock=clock,
     )
     fanout = RedisFanout(

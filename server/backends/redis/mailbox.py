@@ -43,6 +43,7 @@ from typing import cast
 from server.backends.base import (
     BackendError,
     Mailbox,
+    MailboxBounds,
     MailboxDepth,
     MailboxFull,
     StorageFull,
@@ -277,48 +278,29 @@ def stream_id_of(frame_id: int) -> str:
     return f"{frame_id >> SEQ_BITS}-{frame_id & ((1 << SEQ_BITS) - 1)}"
 
 
+def _script_cap(cap: int | None) -> int:
+    """An overall cap as the store script reads it: -1 for none (see `_STORE`)."""
+    return -1 if cap is None else cap
+
+
 class RedisMailbox(Mailbox):
     """Mailboxes in Redis streams, shared by every relay on that Redis.
 
     Args:
         link: the relay's Redis client and key names.
-        ttl: seconds a frame or a used membership is kept (see `Mailbox`).
-        max_frames: most frames one mailbox holds.
-        max_bytes: most payload bytes one mailbox holds.
-        sender_frames: most frames one sender holds in one mailbox; default
-            `max_frames`.
-        sender_bytes: most payload bytes one sender holds in one mailbox;
-            default `max_bytes`.
-        total_frames: most frames all mailboxes hold together; default none.
-        total_bytes: most payload bytes all mailboxes hold together; default
-            none.
-        probation: seconds a never used membership is kept; default `ttl`.
+        bounds: how long records are kept and how much the mailboxes hold.
         clock: returns the time in seconds; injected by tests.
     """
 
     def __init__(
         self,
         link: RedisLink,
+        bounds: MailboxBounds,
         *,
-        ttl: float,
-        max_frames: int,
-        max_bytes: int,
-        sender_frames: int | None = None,
-        sender_bytes: int | None = None,
-        total_frames: int | None = None,
-        total_bytes: int | None = None,
-        probation: float | None = None,
         clock: Callable[[], float] = time.time,
     ) -> None:
         self._link = link
-        self._ttl = ttl
-        self._probation = ttl if probation is None else min(probation, ttl)
-        self._max_frames = max_frames
-        self._max_bytes = max_bytes
-        self._sender_frames = max_frames if sender_frames is None else sender_frames
-        self._sender_bytes = max_bytes if sender_bytes is None else sender_bytes
-        self._total_frames = -1 if total_frames is None else total_frames
-        self._total_bytes = -1 if total_bytes is None else total_bytes
+        self._bounds = bounds
         self._clock = clock
         self._members: dict[tuple[bytes, bytes], float] = {}
         self._remember = link.script(_REMEMBER)
@@ -328,7 +310,7 @@ class RedisMailbox(Mailbox):
 
     def _cutoff_ms(self) -> int:
         """Milliseconds at and before which frames are expired."""
-        return int((self._clock() - self._ttl) * 1000)
+        return int((self._clock() - self._bounds.ttl) * 1000)
 
     def _keys(self, room_id: bytes, address: bytes) -> list[bytes]:
         stream, sizes = self._link.mailbox(room_id, address)
@@ -343,10 +325,10 @@ class RedisMailbox(Mailbox):
             [self._link.member(room_id, address)],
             [
                 repr(self._clock()),
-                repr(self._ttl),
+                repr(self._bounds.ttl),
                 int(used),
-                max(1, int(self._ttl * 1000)),
-                max(1, int(self._probation * 1000)),
+                max(1, int(self._bounds.ttl * 1000)),
+                max(1, int(self._bounds.probation * 1000)),
             ],
         )
 
@@ -370,7 +352,7 @@ class RedisMailbox(Mailbox):
         )
         if present is not None:
             # Its record, written after the JOIN, lasts at least probation.
-            expires = now + self._probation
+            expires = now + self._bounds.probation
         elif record is not None:
             expires = self._expiry(record)
         else:
@@ -394,14 +376,14 @@ class RedisMailbox(Mailbox):
         except ValueError:
             return 0.0
         if not colon or used == b"1":
-            return seen_at + self._ttl
-        return seen_at + self._probation
+            return seen_at + self._bounds.ttl
+        return seen_at + self._bounds.probation
 
     async def store(
         self, room_id: bytes, recipient: bytes, sender: bytes, payload: bytes
     ) -> int:
         """See `Mailbox.store`: every cap is checked in the script that appends."""
-        now = self._clock()
+        now, bounds = self._clock(), self._bounds
         reply = await self._link.run_script(
             self._store,
             [
@@ -412,17 +394,17 @@ class RedisMailbox(Mailbox):
             [
                 f"{self._cutoff_ms()}-18446744073709551615",
                 int(now * 1000),
-                self._max_frames,
-                self._max_bytes,
+                bounds.max_frames,
+                bounds.max_bytes,
                 sender,
                 payload,
-                self._sender_frames,
-                self._sender_bytes,
-                self._total_frames,
-                self._total_bytes,
+                bounds.sender_frames,
+                bounds.sender_bytes,
+                _script_cap(bounds.total_frames),
+                _script_cap(bounds.total_bytes),
                 recipient,
                 repr(now),
-                repr(self._ttl),
+                repr(bounds.ttl),
             ],
         )
         if isinstance(reply, int):
@@ -436,15 +418,16 @@ class RedisMailbox(Mailbox):
                 "the relay's store holds its overall maximum of frames or bytes;"
                 " try again once recipients have fetched their mail"
             )
+        bounds = self._bounds
         if cap == REFUSED_SENDER:
             return MailboxFull(
-                f"this sender holds its maximum of {self._sender_frames} frames"
-                f" or {self._sender_bytes} bytes in that mailbox;"
+                f"this sender holds its maximum of {bounds.sender_frames} frames"
+                f" or {bounds.sender_bytes} bytes in that mailbox;"
                 " the recipient must fetch first"
             )
         return MailboxFull(
-            f"mailbox holds its maximum of {self._max_frames} frames"
-            f" or {self._max_bytes} bytes; the recipient must fetch first"
+            f"mailbox holds its maximum of {bounds.max_frames} frames"
+            f" or {bounds.max_bytes} bytes; the recipient must fetch first"
         )
 
     async def fetch(
