@@ -20,7 +20,7 @@ import logging
 import ssl
 import time
 from collections import Counter
-from collections.abc import Callable, Coroutine
+from collections.abc import Awaitable, Callable, Coroutine
 from types import TracebackType
 from typing import Any
 
@@ -35,7 +35,7 @@ from server.config import RelayConfig
 from server.limits import AddressBudget
 from server.metrics import CONTENT_TYPE, RelayStats, StatsCollector, render
 from server.outbound import BatchingConnection
-from server.session import CLOSE_CONNECTIONS, Close, Session
+from server.session import CLOSE_CONNECTIONS, CLOSE_GOING_AWAY, Close, Session
 
 __all__ = ["BackendMissing", "Relay", "open_backends"]
 
@@ -192,14 +192,20 @@ class Relay:
             return
         self.stopping = True
         logger.info("stopping: closing %d connections", len(self._sessions))
+        deadline = asyncio.get_running_loop().time() + self.config.shutdown_timeout
+
+        # The open connections are closed first, while the port still
+        # answers: meanwhile /healthz says 503 and a new connection is turned
+        # away (see _http), so that a load balancer drains this relay.
+        closes = [
+            session.websocket.close(CLOSE_GOING_AWAY.code, CLOSE_GOING_AWAY.reason)
+            for session in self._sessions
+        ]
+        if closes and not await _within(deadline, asyncio.gather(*closes)):
+            logger.warning("connections still open after the shutdown timeout")
         if self._server is not None:
             self._server.close(close_connections=True)
-            try:
-                await asyncio.wait_for(
-                    self._server.wait_closed(), self.config.shutdown_timeout
-                )
-            except TimeoutError:
-                logger.warning("connections still open after the shutdown timeout")
+            await _within(deadline, self._server.wait_closed())
 
         for task in list(self._tasks):
             task.cancel()
@@ -316,7 +322,10 @@ class Relay:
     async def _http(
         self, connection: ServerConnection, request: Request
     ) -> Response | None:
-        """Answer /healthz and /metrics; let anything else go on to WebSocket."""
+        """Answer /healthz and /metrics; let anything else go on to WebSocket.
+
+        While stopping, a new WebSocket connection is refused with 503.
+        """
         path = request.path.split("?", 1)[0]
         if path == "/healthz":
             if await self.healthy():
@@ -329,6 +338,8 @@ class Relay:
             del response.headers["Content-Type"]
             response.headers["Content-Type"] = CONTENT_TYPE
             return response
+        if self.stopping:
+            return connection.respond(503, "relay stopping\n")
         return None
 
     async def healthy(self) -> bool:
@@ -345,6 +356,20 @@ class Relay:
         return True
 
 
+async def _within(deadline: float, awaitable: Awaitable[object]) -> bool:
+    """Await `awaitable` until the loop's clock reaches `deadline`.
+
+    Returns:
+        False if the deadline passed first (the awaitable is cancelled).
+    """
+    remaining = deadline - asyncio.get_running_loop().time()
+    try:
+        await asyncio.wait_for(awaitable, max(remaining, 0))
+    except TimeoutError:
+        return False
+    return True
+
+
 def _close_of(websocket: BatchingConnection, stopping: bool) -> Close:
     """Describe a close the relay did not ask for by name."""
     protocol = websocket.protocol
@@ -354,7 +379,7 @@ def _close_of(websocket: BatchingConnection, stopping: bool) -> Close:
     if sent is not None and sent.code == 1011 and received is None:
         return Close("keepalive", 1011, sent.reason)
     if stopping:
-        return Close("going_away", 1001, "relay stopping")
+        return CLOSE_GOING_AWAY
     if received is not None:
         return Close("client", received.code, received.reason)
     return Close("lost", 1006, "connection lost")

@@ -79,6 +79,7 @@ CLOSE_ROOM_FULL = Close("room_full", 1008, "room is full")
 CLOSE_JOIN_TIMEOUT = Close("join_timeout", 1008, "no JOIN in time after connecting")
 CLOSE_CONNECTIONS = Close("connections", 1013, "too many connections; try later")
 CLOSE_SLOW = Close("slow_consumer", 4000, "slow consumer: outbound buffer full")
+CLOSE_GOING_AWAY = Close("going_away", 1001, "relay stopping")
 CLOSE_IDLE = Close("idle", 4001, "idle timeout")
 CLOSE_REPLACED = Close("replaced", 4002, "address joined from a newer connection")
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import base64
 import logging
 import os
 import socket
@@ -26,7 +27,7 @@ from chat.envelope import (
     encode,
 )
 from server.relay import Relay
-from tests.relay_helpers import Client, http_get, running_relay
+from tests.relay_helpers import Client, http_get, make_config, running_relay
 
 
 def room() -> bytes:
@@ -487,6 +488,45 @@ async def test_slow_consumer_is_closed_4000_and_the_room_keeps_going(
 async def test_healthz_is_200_while_serving(tmp_path: Path) -> None:
     async with running_relay(tmp_path) as relay:
         assert await asyncio.to_thread(http_get, relay.url, "/healthz") == (200, "ok\n")
+
+
+async def _silent_websocket(url: str) -> asyncio.StreamWriter:
+    """Open a WebSocket by hand and never read from it again.
+
+    A peer that never answers the relay's close frame holds the relay's
+    closing handshake open until the shutdown timeout.
+    """
+    host, port = url.removeprefix("ws://").rsplit(":", 1)
+    reader, writer = await asyncio.open_connection(host, int(port))
+    key = base64.b64encode(os.urandom(16)).decode()
+    writer.write(
+        f"GET / HTTP/1.1\r\nHost: {host}\r\nUpgrade: websocket\r\n"
+        f"Connection: Upgrade\r\nSec-WebSocket-Key: {key}\r\n"
+        "Sec-WebSocket-Version: 13\r\n\r\n".encode()
+    )
+    head = await reader.readuntil(b"\r\n\r\n")
+    assert head.startswith(b"HTTP/1.1 101")
+    return writer
+
+
+async def test_stopping_relay_answers_503_while_it_closes_connections(
+    tmp_path: Path,
+) -> None:
+    relay = Relay(make_config(tmp_path, shutdown_timeout=2.0))
+    await relay.start()
+    silent = await _silent_websocket(relay.url)
+    # stop() takes its first step (stopping, then waiting on the silent
+    # peer) before the loop can accept the requests below: its task is
+    # ready first, and new connections are only seen on a later iteration.
+    stopping = asyncio.create_task(relay.stop())
+    try:
+        health = await asyncio.to_thread(http_get, relay.url, "/healthz")
+        upgrade = await asyncio.to_thread(http_get, relay.url, "/")
+    finally:
+        await stopping
+        silent.close()
+    assert health == (503, "unavailable\n")
+    assert upgrade == (503, "relay stopping\n")
 
 
 async def test_metrics_report_traffic_and_closes(tmp_path: Path) -> None:
