@@ -223,6 +223,12 @@ def _plan(
         code = encode_invite(Invite(secret, fingerprint, address, relay))
         return _Plan(room, relay, None, None, code)
     name = args.room or environ.get("SALTCHAT_ROOM") or DEFAULT_ROOM
+    if not args.room:
+        # The flag's value was checked by argparse; the variable's is not.
+        try:
+            _room_name(name)
+        except argparse.ArgumentTypeError as exc:
+            raise SetupError(f"SALTCHAT_ROOM: {exc}") from exc
     return _Plan(RoomKeys.from_name(name), relay, None, None, None)
 
 

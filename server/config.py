@@ -2,8 +2,8 @@
 
 Each field of `RelayConfig` is a command-line flag (``--max-message``) and an
 environment variable (``SALTCHAT_RELAY_MAX_MESSAGE``); a flag given on the
-command line wins over the environment, which wins over the default. The
-help text of each field is the line that docs/relay.md shows for it.
+command line wins over the environment, which wins over the default.
+docs/relay.md lists every field with its flag, variable and default.
 """
 
 from __future__ import annotations
@@ -199,6 +199,10 @@ class RelayConfig:
             )
         if self.log_format not in ("text", "json"):
             raise ConfigError("--log-format must be 'text' or 'json'")
+        if self.log_level.lower() not in ("debug", "info", "warning", "error"):
+            raise ConfigError(
+                "--log-level must be 'debug', 'info', 'warning' or 'error'"
+            )
         if (self.tls_cert is None) != (self.tls_key is None):
             raise ConfigError("--tls-cert and --tls-key go together")
         return self

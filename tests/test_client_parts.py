@@ -377,6 +377,16 @@ def test_bad_invite_code_exits_1(
     assert "bad invite code" in capsys.readouterr().err
 
 
+def test_room_name_from_the_environment_is_bounded_too(
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    monkeypatch.setenv("SALTCHAT_ROOM", "x" * 257)
+    assert cli.main(["--home", str(tmp_path), "--json"]) == 1
+    assert "SALTCHAT_ROOM: a room name is 1 to 256 bytes" in capsys.readouterr().err
+
+
 def test_id_prints_the_same_fingerprint_every_run(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:

@@ -57,6 +57,7 @@ def test_bad_environment_value_names_the_variable() -> None:
         (["--max-members-per-room", "5000"], "--max-members-per-room must be at most"),
         (["--rate", "0"], "--rate must be at least"),
         (["--log-format", "xml"], "--log-format must be 'text' or 'json'"),
+        (["--log-level", "bogus"], "--log-level must be 'debug', 'info'"),
         (["--tls-cert", "c.pem"], "--tls-cert and --tls-key go together"),
     ],
 )
