@@ -89,6 +89,19 @@ def test_previous_epoch_is_forgotten_after_grace() -> None:
         bob.receive(late[0], 1 + PREVIOUS_EPOCH_GRACE_SECONDS + 0.2)
 
 
+def test_previous_epoch_is_refused_after_grace_without_a_tick() -> None:
+    # Expiry is checked when a record arrives, not only when tick() runs: a
+    # late old-epoch record past the grace time is stale (protocol.md s9).
+    alice, bob = established()
+    alice.send_text("late", 1)
+    late = alice.frames_to_send()
+    alice.rekey(1)
+    pump(alice, bob, 1)
+    assert bob.channel is not None and 0 in bob.channel.epochs
+    with pytest.raises(StaleFrame, match="epoch 0 is forgotten"):
+        bob.receive(late[0], 1 + PREVIOUS_EPOCH_GRACE_SECONDS + 0.2)
+
+
 def test_previous_epoch_still_open_within_grace() -> None:
     alice, bob = established()
     alice.send_text("late", 1)
