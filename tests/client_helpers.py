@@ -312,6 +312,24 @@ class MemoryLink:
         self.hub.leave(self.address)
 
 
+async def stop_client_task(task: asyncio.Task[Any]) -> None:
+    """Wait for a closed client's task to end, and fail if it crashed.
+
+    After `close()` the task ends by itself; it is cancelled only if it has
+    not within DEADLINE. Teardown must not hide a crash: a task that ended
+    with any exception but its cancellation fails the test that ran it.
+
+    Raises:
+        AssertionError: the task ended with an exception.
+    """
+    done, _ = await asyncio.wait([task], timeout=DEADLINE)
+    if not done:
+        task.cancel()
+        await asyncio.wait([task])
+    if not task.cancelled() and (crash := task.exception()) is not None:
+        raise AssertionError(f"client task crashed: {crash!r}") from crash
+
+
 class MemoryHub:
     """A relay in memory with the envelope's semantics (no sockets).
 

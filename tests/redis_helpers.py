@@ -174,58 +174,81 @@ class Nginx:
     """
 
     def __init__(self, binary: str, directory: Path, relays: list[str]) -> None:
-        self.port = free_port()
-        directory.mkdir(parents=True, exist_ok=True)
+        self.binary = binary
         self.directory = directory
+        self.relays = relays
+        self.port = 0
+        self.process: subprocess.Popen[bytes] | None = None
+        directory.mkdir(parents=True, exist_ok=True)
         self.config = directory / "nginx.conf"
-        self.config.write_text(
-            template_nginx(NGINX_CONF.read_text(), self.port, relays, directory)
-        )
-        self.log = (directory / "nginx.log").open("wb")
-        self.process = subprocess.Popen(
-            [
-                binary,
-                "-p",
-                str(directory),
-                "-e",
-                "stderr",
-                "-c",
-                str(self.config),
-                "-g",
-                "daemon off;",
-            ],
-            stdout=self.log,
-            stderr=subprocess.STDOUT,
-        )
+        self.log_path = directory / "nginx.log"
+        self.pid_path = directory / "nginx.pid"
 
     @property
     def url(self) -> str:
         return f"ws://127.0.0.1:{self.port}"
 
-    def wait_listening(self) -> None:
-        """Wait until nginx accepts connections on its port."""
+    def start(self) -> None:
+        """Start on a free port, trying another if that one was taken meanwhile."""
+        for _ in range(5):
+            if self._start_once(free_port()):
+                return
+        raise AssertionError(f"nginx never started:\n{self.log_text()}")
 
-        def accepts() -> bool:
-            assert self.process.poll() is None, (
-                self.directory / "nginx.log"
-            ).read_text()
-            try:
-                socket.create_connection(("127.0.0.1", self.port), timeout=1).close()
-            except OSError:
+    def _start_once(self, port: int) -> bool:
+        self.config.write_text(
+            template_nginx(NGINX_CONF.read_text(), port, self.relays, self.directory)
+        )
+        self.pid_path.unlink(missing_ok=True)
+        with self.log_path.open("ab") as log:
+            self.process = subprocess.Popen(
+                [
+                    self.binary,
+                    "-p",
+                    str(self.directory),
+                    "-e",
+                    "stderr",
+                    "-c",
+                    str(self.config),
+                    "-g",
+                    "daemon off;",
+                ],
+                stdout=log,
+                stderr=subprocess.STDOUT,
+            )
+
+        # nginx writes its pid file only once its listening sockets are bound;
+        # if the port was taken meanwhile, it exits instead.
+        end = time.monotonic() + DEADLINE
+        while time.monotonic() < end:
+            if self.process.poll() is not None:
                 return False
-            return True
+            if self._pid_written() == str(self.process.pid):
+                self.port = port
+                return True
+            time.sleep(0.02)  # polling a process and a file: no event to wait on
+        self.process.kill()
+        self.process.wait(DEADLINE)
+        return False
 
-        wait_until(accepts, "nginx to listen")
+    def _pid_written(self) -> str:
+        try:
+            return self.pid_path.read_text().strip()
+        except FileNotFoundError:
+            return ""
+
+    def log_text(self) -> str:
+        return self.log_path.read_text(errors="replace")
 
     def stop(self) -> None:
-        if self.process.poll() is None:
-            self.process.send_signal(signal.SIGQUIT)
-            try:
-                self.process.wait(DEADLINE)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait(DEADLINE)
-        self.log.close()
+        if self.process is None or self.process.poll() is not None:
+            return
+        self.process.send_signal(signal.SIGQUIT)
+        try:
+            self.process.wait(DEADLINE)
+        except subprocess.TimeoutExpired:
+            self.process.kill()
+            self.process.wait(DEADLINE)
 
 
 def template_nginx(text: str, port: int, relays: list[str], directory: Path) -> str:

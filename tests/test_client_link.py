@@ -18,7 +18,7 @@ from chat.limits import SEND_BURST, SEND_RATE
 from chat.transport import DirectLink, DirectListener, Link, connect_direct
 from chat.trust import TrustStore
 from server.config import RelayConfig
-from tests.client_helpers import MemoryHub
+from tests.client_helpers import MemoryHub, stop_client_task
 
 ROOM = RoomKeys.from_name("link-room")
 A, B = b"A" * 32, b"B" * 32
@@ -95,9 +95,7 @@ class People:
             with contextlib.suppress(Exception):
                 await person.client.close()
             if person.task is not None:
-                person.task.cancel()
-                with contextlib.suppress(BaseException):
-                    await person.task
+                await stop_client_task(person.task)
 
 
 @pytest.fixture

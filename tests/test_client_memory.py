@@ -21,7 +21,7 @@ from chat.core.identity import Identity, PublicIdentity
 from chat.core.rooms import RoomKeys
 from chat.limits import MAX_PEERS, MAX_STRANGERS
 from chat.trust import TrustStore, TrustStoreError
-from tests.client_helpers import MemoryHub
+from tests.client_helpers import MemoryHub, stop_client_task
 
 ROOM = RoomKeys.from_name("memory-room")
 
@@ -89,9 +89,7 @@ class Room:
             with contextlib.suppress(Exception):
                 await member.client.close()
             if member.task is not None:
-                member.task.cancel()
-                with contextlib.suppress(BaseException):
-                    await member.task
+                await stop_client_task(member.task)
 
 
 @pytest.fixture

@@ -68,7 +68,7 @@ def stack(redis_server: RedisServer, tmp_path: Path) -> Iterator[Stack]:
             relay.wait_serving()
         upstreams = [relay.url.removeprefix("ws://") for relay in running.relays]
         running.nginx = Nginx(nginx_binary, tmp_path / "nginx", upstreams)
-        running.nginx.wait_listening()
+        running.nginx.start()
         yield running
     finally:
         running.stop()

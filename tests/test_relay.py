@@ -255,13 +255,26 @@ async def test_ack_of_someone_elses_frame_deletes_nothing(tmp_path: Path) -> Non
         await first.send_to(room_id, second.address, b"mine")
         assert (await first.result()).status == Status.STORED
 
-        await first.send(encode(Ack(room_id, 1)))
-        await first.send_to(room_id, BROADCAST, b"sync", send_id=99)
-        assert (await first.result()).send_id == 99
+        # The owner reads the frame and leaves without acknowledging it.
         back = await Client.open(relay.url)
         back.token, back.address = second.token, second.address
         await back.join(room_id)
-        assert (await back.deliver()).payload == b"mine"
+        read = await back.deliver()
+        assert read.payload == b"mine"
+        await back.close()
+        assert [(await first.expect(Presence)).kind for _ in range(2)] == [
+            PresenceKind.JOINED,
+            PresenceKind.LEFT,
+        ]
+
+        # The other member acknowledges that very frame id: nothing happens.
+        await first.send(encode(Ack(room_id, read.frame_id)))
+        await first.send_to(room_id, BROADCAST, b"sync", send_id=99)
+        assert (await first.result()).send_id == 99
+        again = await Client.open(relay.url)
+        again.token, again.address = second.token, second.address
+        await again.join(room_id)
+        assert await again.deliver() == read
 
 
 async def test_ack_of_the_largest_frame_id_keeps_the_connection(

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import itertools
 import json
 from collections.abc import Iterator
@@ -20,7 +19,7 @@ from chat.steps import SessionSteps
 from chat.trust import TrustStore
 from chat.ui.plain import describe
 from chat.ui.tui import SaltchatApp, TuiBridge
-from tests.client_helpers import MemoryHub
+from tests.client_helpers import MemoryHub, stop_client_task
 
 ROOM = RoomKeys.from_name("steps-room")
 SECRET_TEXT = "the secret plan"
@@ -95,9 +94,7 @@ def _client(
 async def _stop(*runs: tuple[ChatClient, asyncio.Task[None]]) -> None:
     for client, task in runs:
         await client.close()
-        task.cancel()
-        with contextlib.suppress(BaseException):
-            await task
+        await stop_client_task(task)
 
 
 async def test_keys_holds_the_handshake_in_public_values_and_short_hashes() -> None:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import itertools
 from collections.abc import Iterator
 
@@ -14,7 +13,7 @@ from chat.core.identity import Identity
 from chat.core.rooms import RoomKeys
 from chat.trust import TrustStore
 from chat.ui.tui import SaltchatApp, TuiBridge
-from tests.client_helpers import MemoryHub
+from tests.client_helpers import MemoryHub, stop_client_task
 
 ROOM = RoomKeys.from_name("tui-room")
 
@@ -76,6 +75,4 @@ async def test_tui_chats_and_shows_peers_and_security_panel() -> None:
         assert app.return_value == 0
     finally:
         await bob.close()
-        bob_task.cancel()
-        with contextlib.suppress(BaseException):
-            await bob_task
+        await stop_client_task(bob_task)

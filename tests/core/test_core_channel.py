@@ -27,7 +27,7 @@ from chat.core import (
     StaleFrame,
     UnsupportedVersion,
 )
-from chat.core.frames import RECORD_SIZES, encode_record_header
+from chat.core.frames import RECORD_SIZES, encode_record_header, parse_record
 from chat.core.limits import (
     MAX_FRAME,
     MAX_TEXT_BYTES,
@@ -75,6 +75,35 @@ def window_of_frames() -> tuple[Session, tuple[bytes, ...]]:
         alice.send_text(f"m{i}", 1)
         frames += alice.frames_to_send()
     return bob, tuple(frames)
+
+
+@cache
+def records_by_counter() -> tuple[Session, dict[int, tuple[bytes, str | None]]]:
+    """Bob, established, and Alice's epoch-0 records over three windows.
+
+    Each counter maps to its record and its text. Counter 0 is the handshake's
+    confirm, which Bob has already accepted, so the records start at counter 1.
+    Alice's automatic REKEY (after REKEY_AFTER_MESSAGES) is among them, with
+    no text; she stays in epoch 0 since Bob never answers.
+    """
+    alice, bob = established()
+    records: dict[int, tuple[bytes, str | None]] = {}
+    for i in range(3 * REPLAY_WINDOW):
+        alice.send_text(f"m{i}", 1)
+        frame, *others = alice.frames_to_send()
+        records[parse_record(frame).counter] = (frame, f"m{i}")
+        for other in others:
+            records[parse_record(other).counter] = (other, None)
+    assert {parse_record(frame).epoch for frame, _ in records.values()} == {0}
+    return bob, records
+
+
+def accept(bob: Session, frame: bytes, text: str | None) -> None:
+    """Bob receives ``frame``; a text record must deliver exactly ``text``."""
+    events = bob.receive(frame, 1)
+    if text is not None:
+        (event,) = events
+        assert isinstance(event, MessageReceived) and event.text == text
 
 
 @FAST
@@ -194,6 +223,56 @@ def test_any_permutation_of_a_window_is_delivered_exactly_once(
     for i in order[:50]:
         with pytest.raises(ReplayedFrame):
             bob.receive(frames[i], 1)
+
+
+def test_late_counter_after_the_window_slid_is_accepted_once() -> None:
+    # Jumping from W-1 to 2W slides the window past W..2W-1, whose slots still
+    # mark 0..W-1; a late W+5 is new and must be accepted (protocol.md s8).
+    bob, records = records_by_counter()
+    bob = copy.deepcopy(bob)
+    for counter in range(1, REPLAY_WINDOW):
+        bob.receive(records[counter][0], 1)
+    bob.receive(records[2 * REPLAY_WINDOW][0], 1)
+
+    frame, text = records[REPLAY_WINDOW + 5]
+    accept(bob, frame, text)
+    with pytest.raises(ReplayedFrame):
+        bob.receive(frame, 1)
+
+
+def _counters_over_three_windows() -> st.SearchStrategy[list[int]]:
+    # Counters as lap * W + slot with few slots, so that later laps land on
+    # slots an earlier lap used; the filter keeps spans of more than 2W.
+    slot = st.integers(0, 15) | st.integers(0, REPLAY_WINDOW - 1)
+    lap = st.integers(0, 2)
+    counter = st.builds(lambda n, s: max(1, n * REPLAY_WINDOW + s), lap, slot)
+    return st.lists(counter, min_size=8, max_size=120).filter(
+        lambda counters: max(counters) - min(counters) > 2 * REPLAY_WINDOW
+    )
+
+
+@settings(max_examples=40, deadline=None)
+@given(counters=_counters_over_three_windows())
+def test_out_of_order_counters_over_three_windows_follow_the_window(
+    counters: list[int],
+) -> None:
+    # The model of protocol.md s8: older than the window is stale, a counter
+    # already accepted is a replay, anything else is accepted exactly once.
+    bob, records = records_by_counter()
+    bob = copy.deepcopy(bob)
+    highest, accepted = 0, {0}
+    for counter in counters:
+        frame, text = records[counter]
+        if counter <= highest - REPLAY_WINDOW:
+            with pytest.raises(StaleFrame, match="older than the window"):
+                bob.receive(frame, 1)
+        elif counter in accepted:
+            with pytest.raises(ReplayedFrame):
+                bob.receive(frame, 1)
+        else:
+            accept(bob, frame, text)
+            accepted.add(counter)
+            highest = max(highest, counter)
 
 
 def test_frame_older_than_the_window_is_rejected() -> None:

@@ -14,6 +14,7 @@ from chat.core import (
     NotEstablished,
     PeerError,
     Rekeyed,
+    Session,
     SessionState,
     StaleFrame,
 )
@@ -77,26 +78,37 @@ def test_sender_keeps_the_old_epoch_until_the_peer_switches() -> None:
     assert bob.frames_to_send()[-1][2:6] == bytes(4)
 
 
-def test_previous_epoch_is_forgotten_after_grace() -> None:
+def rekeyed_with_a_late_record() -> tuple[Session, bytes]:
+    """Bob, switched to epoch 1 at time 1, and an epoch-0 record still in flight."""
     alice, bob = established()
     alice.send_text("late", 1)
-    late = alice.frames_to_send()
+    (late,) = alice.frames_to_send()
     alice.rekey(1)
     pump(alice, bob, 1)
+    return bob, late
+
+
+def test_previous_epoch_is_forgotten_after_grace() -> None:
+    bob, late = rekeyed_with_a_late_record()
     bob.tick(1 + PREVIOUS_EPOCH_GRACE_SECONDS + 0.1)
     assert bob.channel is not None and 0 not in bob.channel.epochs
     with pytest.raises(StaleFrame, match="epoch 0 is forgotten"):
-        bob.receive(late[0], 1 + PREVIOUS_EPOCH_GRACE_SECONDS + 0.2)
+        bob.receive(late, 1 + PREVIOUS_EPOCH_GRACE_SECONDS + 0.2)
+
+
+def test_previous_epoch_is_refused_after_grace_without_a_tick() -> None:
+    # Expiry is checked when a record arrives, not only when tick() runs: a
+    # late old-epoch record past the grace time is stale (protocol.md s9).
+    bob, late = rekeyed_with_a_late_record()
+    assert bob.channel is not None and 0 in bob.channel.epochs
+    with pytest.raises(StaleFrame, match="epoch 0 is forgotten"):
+        bob.receive(late, 1 + PREVIOUS_EPOCH_GRACE_SECONDS + 0.2)
 
 
 def test_previous_epoch_still_open_within_grace() -> None:
-    alice, bob = established()
-    alice.send_text("late", 1)
-    late = alice.frames_to_send()
-    alice.rekey(1)
-    pump(alice, bob, 1)
+    bob, late = rekeyed_with_a_late_record()
     bob.tick(1 + PREVIOUS_EPOCH_GRACE_SECONDS - 1)
-    assert bob.receive(late[0], 1 + PREVIOUS_EPOCH_GRACE_SECONDS - 1)
+    assert bob.receive(late, 1 + PREVIOUS_EPOCH_GRACE_SECONDS - 1)
 
 
 def test_copied_state_cannot_read_the_next_epoch() -> None:

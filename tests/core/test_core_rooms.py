@@ -7,6 +7,7 @@ import pytest
 from chat.core import RoomKeys
 from chat.core.kdf import LABEL_ROOM_ID, LABEL_ROOM_KEY, kdf
 from chat.core.rooms import ROOM_NAME_TRIMMED, room_name_password
+from tests.core.test_core_vectors import VECTORS
 
 
 def test_room_keys_follow_the_spec() -> None:
@@ -21,10 +22,15 @@ def test_room_id_and_room_key_differ() -> None:
     assert room.room_id != room.room_key.reveal()
 
 
-def test_room_name_gives_the_same_keys_each_time() -> None:
-    assert (
-        RoomKeys.from_name("kitchen").room_id == RoomKeys.from_name("kitchen").room_id
-    )
+def test_room_name_gives_the_known_answer_keys() -> None:
+    # Known answers, not the code compared with itself: a change to how a name
+    # becomes a room (protocol.md section 3.2) moves every member's room.
+    for case in VECTORS["room_names"]:
+        room = RoomKeys.from_name(case["name"])
+        assert (room.room_id.hex(), room.room_key.reveal().hex()) == (
+            case["room_id"],
+            case["room_key"],
+        )
 
 
 def test_different_room_names_give_different_rooms() -> None:
