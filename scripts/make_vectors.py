@@ -322,6 +322,17 @@ def negative_vectors() -> list[dict[str, str]]:
         ),
         ("payload", "RECEIPT of 15 bytes", b"\x01\x03" + message_id[:15]),
         ("payload", "CLOSE without a reason", b"\x01\x05"),
+        ("payload", "PROFILE without a nickname", b"\x01\x06"),
+        ("payload", "PROFILE of 129 bytes", b"\x01\x06" + b"a" * 129),
+        ("payload", "PROFILE with an invalid byte", b"\x01\x06Bob \xff"),
+        (
+            "payload",
+            "PROFILE with an encoded surrogate",
+            b"\x01\x06Bob \xed\xa0\x80",
+        ),
+        ("payload", "PROFILE with U+0000", b"\x01\x06Bob\x00"),
+        ("payload", "PROFILE with U+007F", b"\x01\x06Bob\x7f"),
+        ("payload", "PROFILE with U+0085", b"\x01\x06Bob\xc2\x85"),
     ]
     return [
         {
