@@ -3,9 +3,9 @@
 
 Fixed identity seeds, a fixed room secret and a fixed stream of random bytes
 per side go in; the exact frames of a full handshake, a PROFILE each way,
-messages both ways, a rekey and messages after it come out, with room names,
-key files, short hashes, canonical keys and refused inputs (see
-docs/protocol.md section 18).
+messages both ways, a rekey and messages after it come out, with a second
+run where both sides start at once, room names, key files, short hashes,
+canonical keys and refused inputs (see docs/protocol.md section 18).
 
 Usage: python3 scripts/make_vectors.py [--check]
 """
@@ -85,9 +85,10 @@ def event_json(event: Event) -> dict[str, Any]:
 class Run:
     """Two sessions, two FIFO links, and the list of steps taken."""
 
-    def __init__(self) -> None:
+    def __init__(self, label: bytes = b"") -> None:
+        # Each run labels its random streams so that two runs draw apart.
         room = RoomKeys.from_secret(ROOM_SECRET)
-        self.randoms = {side: RecordedRandom(side.encode()) for side in SEEDS}
+        self.randoms = {side: RecordedRandom(label + side.encode()) for side in SEEDS}
         self.sessions = {
             side: Session(
                 Identity.from_seed(seed), room, now=0.0, random=self.randoms[side]
@@ -361,6 +362,28 @@ def rejection(layer: str, data: bytes) -> str:
     raise AssertionError(f"the reference accepts a negative vector: {data.hex()}")
 
 
+def simultaneous_run() -> dict[str, Any]:
+    """Both sides start before either HELLO arrives; the HELLOs cross (5.4).
+
+    Each side answers the other's fresh HELLO with the ephemeral it already
+    sent, so the answers arrive as harmless repeats; a message each way then
+    shows both hold the same keys.
+    """
+    run = Run(b"simultaneous-")
+    run.act("alice", "start", 0.0)
+    run.act("bob", "start", 0.0)
+    run.deliver_all(0.0)
+    run.act("alice", "send_text", 1.0, "We both started.")
+    run.act("bob", "send_text", 1.0, "So we did.")
+    run.deliver_all(1.0)
+    streams = {side: [x.hex() for x in run.randoms[side].outputs] for side in SEEDS}
+    return {
+        "alice": {"random": streams["alice"]},
+        "bob": {"random": streams["bob"]},
+        "steps": run.steps,
+    }
+
+
 def build() -> dict[str, Any]:
     """Run the scripted conversation and return the vector document."""
     run = Run()
@@ -391,8 +414,8 @@ def build() -> dict[str, Any]:
         }
     return {
         "description": "saltchat protocol v1: handshake, profiles, messages, rekey, "
-        "messages; room names, key files, short hashes, canonical keys and refused "
-        "inputs (docs/protocol.md section 18)",
+        "messages; a simultaneous start; room names, key files, short hashes, "
+        "canonical keys and refused inputs (docs/protocol.md section 18)",
         "protocol_version": 1,
         "room": {
             "room_secret": ROOM_SECRET.hex(),
@@ -403,6 +426,7 @@ def build() -> dict[str, Any]:
         "safety_number": run.sessions["alice"].safety_number,
         "keys": keys,
         "steps": run.steps,
+        "simultaneous": simultaneous_run(),
         "room_names": room_name_vectors(),
         "key_files": key_file_vectors(),
         "short_hash": short_hash_vectors(keys),

@@ -60,14 +60,15 @@ def event_json(event: Event) -> dict[str, Any]:
     return fields
 
 
-def sessions() -> dict[str, Session]:
+def sessions(run: dict[str, Any] = VECTORS) -> dict[str, Session]:
+    """Alice and Bob, each drawing the random stream ``run`` recorded."""
     room = RoomKeys.from_secret(bytes.fromhex(VECTORS["room"]["room_secret"]))
     return {
         side: Session(
             Identity.from_seed(bytes.fromhex(VECTORS[side]["identity_seed"])),
             room,
             now=0.0,
-            random=replayed_random(VECTORS[side]["random"]),
+            random=replayed_random(run[side]["random"]),
         )
         for side in ("alice", "bob")
     }
@@ -86,9 +87,10 @@ def test_identity_values(side: str) -> None:
     assert identity.public.fingerprint() == VECTORS[side]["fingerprint"]
 
 
-def test_every_step_reproduces_its_frames_and_events() -> None:
-    live = sessions()
-    for number, step in enumerate(VECTORS["steps"]):
+def replay(run: dict[str, Any]) -> dict[str, Session]:
+    """Perform every step of ``run``, checking its frames and events."""
+    live = sessions(run)
+    for number, step in enumerate(run["steps"]):
         session = live[step["side"]]
         events: list[Event] = []
         if step["action"] == "start":
@@ -105,7 +107,23 @@ def test_every_step_reproduces_its_frames_and_events() -> None:
         frames = [f.hex() for f in session.frames_to_send()]
         assert frames == step["frames"], f"step {number}: frames"
         assert [event_json(e) for e in events] == step["events"], f"step {number}"
+    return live
+
+
+def test_every_step_reproduces_its_frames_and_events() -> None:
+    live = replay(VECTORS)
     assert live["alice"].safety_number == VECTORS["safety_number"]
+
+
+def test_simultaneous_start_reproduces_its_frames_and_events() -> None:
+    live = replay(VECTORS["simultaneous"])
+    assert live["bob"].safety_number == VECTORS["safety_number"]
+
+
+def test_simultaneous_run_starts_both_sides_before_any_delivery() -> None:
+    # Section 18: both start() calls come first, so the fresh HELLOs cross.
+    first = [(s["side"], s["action"]) for s in VECTORS["simultaneous"]["steps"][:2]]
+    assert first == [("alice", "start"), ("bob", "start")]
 
 
 def test_handshake_keys_follow_the_schedule() -> None:
